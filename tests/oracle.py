@@ -1,0 +1,117 @@
+"""The official depth-anything-3 package as a test oracle.
+
+Builds official networks through its own YAML config mechanism with random weights,
+optionally with fewer transformer blocks (the official ViT builders take ``depth``), and
+writes their weights as a hub-style folder that ``load_model`` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+@contextlib.contextmanager
+def _vit_depths(depths: dict):
+    """Patch the official ViT builders so that e.g. {'vitg': 6} builds a 6-block giant."""
+    from depth_anything_3.model.dinov2 import dinov2 as mod
+
+    names = {"vits": "vit_small", "vitb": "vit_base", "vitl": "vit_large", "vitg": "vit_giant2"}
+    saved = {}
+    try:
+        for vit, depth in depths.items():
+            fn = names[vit]
+            saved[fn] = getattr(mod, fn)
+            setattr(mod, fn, functools.partial(saved[fn], depth=depth))
+        yield
+    finally:
+        for fn, orig in saved.items():
+            setattr(mod, fn, orig)
+
+
+def _set_backbone(net_cfg, shrink: Optional[dict]) -> None:
+    if not shrink:
+        return
+    net_cfg.out_layers = list(shrink["out_layers"])
+    if net_cfg.alt_start != -1 and "alt_start" in shrink:
+        net_cfg.alt_start = net_cfg.qknorm_start = net_cfg.rope_start = shrink["alt_start"]
+
+
+def official_network(preset: str, shrink: Optional[dict] = None, metric_shrink: Optional[dict] = None, seed: int = 0):
+    """The official network of a preset with random weights.
+
+    shrink: {"depth": n, "out_layers": [...], "alt_start": k} for the (any-view) backbone;
+    metric_shrink: the same for the nested model's metric branch.
+    """
+    logging.getLogger("depth_anything_3").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from depth_anything_3.cfg import create_object, load_config
+        from depth_anything_3.registry import MODEL_REGISTRY
+
+    cfg = load_config(MODEL_REGISTRY[preset])
+    depths = {}
+    if preset.startswith("da3nested"):
+        parts = [(cfg.anyview.net, shrink), (cfg.metric.net, metric_shrink)]
+    else:
+        parts = [(cfg.net, shrink)]
+    for net_cfg, sh in parts:
+        _set_backbone(net_cfg, sh)
+        if sh:
+            depths[net_cfg.name] = sh["depth"]
+    torch.manual_seed(seed)
+    with _vit_depths(depths), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = create_object(cfg)
+    perturb(net, seed)
+    return net.eval()
+
+
+@torch.no_grad()
+def perturb(net: torch.nn.Module, seed: int = 0) -> None:
+    """Move unit/zero-initialised parameters (norms, LayerScale, biases) off their defaults
+    so that mistakes in how they are applied show up in comparisons."""
+    g = torch.Generator().manual_seed(seed + 1)
+    seen = set()
+    for name, p in net.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        noise = torch.randn(p.shape, generator=g)
+        if name.endswith("gamma") or ("norm" in name and name.endswith("weight")):
+            p.copy_(1.0 + 0.1 * noise)
+        elif name.endswith("bias"):
+            p.add_(0.02 * noise)
+
+
+def save_hub_folder(net: torch.nn.Module, folder: Path, preset: str, dedupe_shared: bool = False) -> Path:
+    """Write the official network as config.json + model.safetensors (keys 'model.'-prefixed).
+
+    dedupe_shared=True stores tensors shared between names once (as safetensors'
+    save_model, which the hub uses, does); otherwise every name gets its own copy.
+    """
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, seen = {}, {}
+    for name, t in net.state_dict(keep_vars=True).items():
+        if dedupe_shared and id(t) in seen:
+            continue
+        seen[id(t)] = name
+        tensors["model." + name] = t.detach().clone().contiguous()
+    save_file(tensors, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_name": preset}))
+    return folder
+
+
+def run_official(net, images, **kwargs):
+    """Forward in float32 without autocast, as the parity tests compare."""
+    with torch.no_grad(), torch.autocast(device_type="cpu", enabled=False):
+        return net(images, **kwargs)
