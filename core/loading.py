@@ -211,11 +211,12 @@ def materialize(net: nn.Module, device: torch.device) -> nn.Module:
     return net.to(device)
 
 
-def resolve_source(source: Union[str, os.PathLike], preset: Optional[str], revision: Optional[str] = None):
+def resolve_source(source: Union[str, os.PathLike], preset: Optional[str], revision: Optional[str] = None,
+                   validate: bool = True):
     """-> (weights path, preset name, description of the source)."""
     text = os.fspath(source)
     path = Path(text).expanduser()
-    if preset is not None:
+    if preset is not None and validate:
         get_preset(preset)  # validates the name
     if path.is_dir():
         weights = path / WEIGHTS_NAME

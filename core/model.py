@@ -12,7 +12,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .config import CHECKPOINT_LICENSES, ModelConfig, get_preset
+from .config import CHECKPOINT_LICENSES, ModelConfig, NestedConfig, NetConfig, get_preset
 from .loading import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -97,7 +97,7 @@ def load_model(
     *,
     device: Union[str, torch.device, None] = None,
     dtype: Union[str, torch.dtype, None] = None,
-    preset: Optional[str] = None,
+    preset: Union[str, ModelConfig, None] = None,
     revision: Optional[str] = None,
 ) -> DA3Model:
     """Load a DA3 model.
@@ -111,11 +111,14 @@ def load_model(
         dtype: compute dtype of the ViT backbone (autocast): ``None``/float32 is exact;
             ``"bf16"`` follows the official GPU precision policy and is much faster on
             hardware with native bfloat16.  The weights and all heads stay float32.
-        preset: architecture name (see ``PRESETS``); overrides ``config.json``.
+        preset: architecture name (see ``PRESETS``), overriding ``config.json``; or a
+            config object for a custom architecture (e.g. from ``shrink_backbone``).
         revision: hub revision (branch, tag or commit) for repo ids.
     """
-    weights, preset, description = resolve_source(source, preset, revision)
-    config = get_preset(preset)
+    config = preset if isinstance(preset, (NetConfig, NestedConfig)) else None
+    weights, preset, description = resolve_source(source, config.name if config else preset, revision,
+                                                  validate=config is None)
+    config = config or get_preset(preset)
     tensors = to_network_keys(read_safetensors(weights), str(weights))
     net = build_empty(config)
     load_network_state(net, tensors, str(weights))

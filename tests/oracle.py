@@ -71,6 +71,14 @@ def official_network(preset: str, shrink: Optional[dict] = None, metric_shrink: 
         warnings.simplefilter("ignore")
         net = create_object(cfg)
     perturb(net, seed)
+    for mono in (net, getattr(net, "da3_metric", None)):
+        sky = getattr(getattr(getattr(mono, "head", None), "scratch", None), "sky_output_conv2", None)
+        if sky is not None:
+            # random weights put every pixel below the sky threshold; spread the sky logits
+            # around it so that sky and non-sky pixels both occur and the sky fill runs
+            with torch.no_grad():
+                sky[2].weight.mul_(30.0)
+                sky[2].bias.fill_(0.3)
     return net.eval()
 
 
