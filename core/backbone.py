@@ -69,22 +69,33 @@ class RotaryTable:
     (GPT-NeoX style) with frequencies base^(-2k/(d/2)), k < d/4, duplicated.
     """
 
-    def __init__(self, pos_yx: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> None:
+    def __init__(self, pos_yx: Tensor, head_dim: int, base: float) -> None:
         quarter = head_dim // 4
         inv_freq = 1.0 / base ** (torch.arange(0, quarter, dtype=torch.float32, device=pos_yx.device) * 2 / (head_dim // 2))
-        ang_y = pos_yx[:, 0, None].float() * inv_freq  # (T, d/4)
-        ang_x = pos_yx[:, 1, None].float() * inv_freq
-        ang = torch.cat((ang_y, ang_y, ang_x, ang_x), -1)  # (T, d)
-        self.cos = ang.cos().to(dtype)
-        self.sin = ang.sin().to(dtype)
+        positions = torch.arange(int(pos_yx.max()) + 1, dtype=torch.float32, device=pos_yx.device)
+        # an outer product through einsum, as upstream: under autocast it runs in reduced
+        # precision, and the bf16 results only match if the angles are rounded alike
+        self.angles = torch.einsum("i,j->ij", positions, inv_freq)  # (P, d/4)
+        self.pos_yx = pos_yx
         self.half = head_dim // 2
+        self._tables: dict = {}
+
+    def _table(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        if dtype not in self._tables:
+            ang = self.angles.to(dtype)
+            ang = torch.cat((ang, ang), -1)  # (P, d/2)
+            cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+            y, x = self.pos_yx[:, 0], self.pos_yx[:, 1]
+            self._tables[dtype] = (torch.cat((cos[y], cos[x]), -1), torch.cat((sin[y], sin[x]), -1))  # (T, d)
+        return self._tables[dtype]
 
     def apply(self, t: Tensor) -> Tensor:
-        """t: (..., T, d) -> rotated t."""
+        """t: (..., T, d) -> rotated t, computed in t's dtype (as upstream under autocast)."""
         q = self.half // 2
         h = self.half
         rot = torch.cat((-t[..., q:h], t[..., :q], -t[..., h + q:], t[..., h:h + q]), -1)
-        return t * self.cos + rot * self.sin
+        cos, sin = self._table(t.dtype)
+        return t * cos + rot * sin
 
 
 class Attention(nn.Module):
@@ -226,18 +237,18 @@ class Backbone(nn.Module):
         grid = grid.permute(0, 2, 3, 1).reshape(1, ph * pw, -1)
         return torch.cat((pe[:, :1].float(), grid), 1).to(dtype)
 
-    def _rope_tables(self, ph: int, pw: int, views: int, device, dtype) -> Tuple[RotaryTable, RotaryTable]:
+    def _rope_tables(self, ph: int, pw: int, views: int, device) -> Tuple[RotaryTable, RotaryTable]:
         cfg = self.cfg
         head_dim = cfg.embed_dim // cfg.num_heads
         ys, xs = torch.meshgrid(torch.arange(ph, device=device), torch.arange(pw, device=device), indexing="ij")
         patches = torch.stack((ys.flatten(), xs.flatten()), -1) + 1
         special = torch.zeros(1, 2, dtype=patches.dtype, device=device)
-        local = RotaryTable(torch.cat((special, patches)), head_dim, cfg.rope_base, dtype)
+        local = RotaryTable(torch.cat((special, patches)), head_dim, cfg.rope_base)
         # Cross-view blocks see the views' tokens one after the other; every patch sits at
         # (1, 1) and each special token at (0, 0), so only the special-token <-> patch
         # offset is encoded (official behaviour, even within a view).
         flat = torch.cat((special, torch.ones_like(patches))).repeat(views, 1)
-        glob = RotaryTable(flat, head_dim, cfg.rope_base, dtype)
+        glob = RotaryTable(flat, head_dim, cfg.rope_base)
         return local, glob
 
     def forward(
@@ -261,7 +272,9 @@ class Backbone(nn.Module):
             raise ValueError(f"unknown ref_view_strategy {ref_view_strategy!r}; expected one of {', '.join(REF_VIEW_STRATEGIES)}")
 
         tokens = p.patch_embed(x.flatten(0, 1))
-        tokens = torch.cat((p.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens), 1)
+        # under autocast the patch tokens are low precision; concatenating the float32 cls
+        # token promotes the residual stream to float32, which it then stays (as upstream)
+        tokens = torch.cat((p.cls_token.expand(tokens.shape[0], -1, -1), tokens), 1)
         tokens = tokens + self._position_embedding(ph, pw, tokens.dtype)
         n_tok = tokens.shape[1]
         t = tokens.reshape(b, s, n_tok, -1)
@@ -269,7 +282,7 @@ class Backbone(nn.Module):
         uses_rope = cfg.rope_start != -1
         rope_local = rope_global = None
         if uses_rope:
-            rope_local, rope_global = self._rope_tables(ph, pw, s, x.device, t.dtype)
+            rope_local, rope_global = self._rope_tables(ph, pw, s, x.device)
 
         alt = cfg.alt_start
         order = None  # (B, S) view order when a reference view was moved to the front

@@ -150,7 +150,7 @@ def test_ray_branch_matches_when_kept(pair):
     feats, _ = model.net.backbone(x)
     patch = [f for f, _ in feats]
     ours = model.net.head(patch, x, with_ray=True)
-    ref = off.head(patch, 42, 56, patch_start_idx=0)
+    ref = off.head(feats, 42, 56, patch_start_idx=0)
     assert_close(ours["ray"], ref["ray"], "ray")
     assert_close(ours["ray_conf"], ref["ray_conf"], "ray_conf")
     assert_close(ours["depth"], ref["depth"], "depth")
@@ -226,3 +226,18 @@ def test_nested_reduced_metric_scaling(pair):
     assert ours.is_metric and ref["is_metric"] == 1
     assert ours.scale_factor == pytest.approx(ref["scale_factor"], rel=1e-4)
     assert ours.sky is None
+
+
+def test_small_bf16_backbone_follows_official_autocast_policy(pair):
+    """Our bf16 backbone vs the official network under bf16 autocast (its heads opt out)."""
+    off, model = pair("da3-small")
+    x = random_images(1, 3, 42, 56, seed=71)
+    model.net.backbone_dtype = torch.bfloat16
+    try:
+        ours = model.net(x)
+    finally:
+        model.net.backbone_dtype = torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = off(x)
+    compare(ours, ref, keys=("depth", "depth_conf"), rel=1e-5)
+    assert ours.depth.dtype == torch.float32
