@@ -2,7 +2,8 @@
 
 Both networks live in one process and run alternately on the same input, so machine
 noise hits both alike.  For each preset and view count it prints the median forward time
-and the peak extra resident memory during a forward (sampled from /proc every 5 ms).
+and the peak extra resident memory of a forward (the kernel's high-water mark, reset
+before each call).
 
     python benchmarks/bench_network.py                       # small + base, 4 and 16 views
     python benchmarks/bench_network.py --presets da3-small --views 4 --repeats 5
@@ -16,11 +17,12 @@ This is a benchmark, not a test: it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,46 +30,38 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
+def _release_free_memory() -> None:
+    """Return freed heap to the OS so that RSS counts live memory only (glibc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # pragma: no cover - not glibc
+        pass
 
 
-class PeakRSS:
-    """Peak resident memory above the starting level while the block runs."""
+def measure(fn):
+    """(seconds, peak extra resident bytes) of one call.
 
-    def __enter__(self):
-        self.start = rss_bytes()
-        self.peak = self.start
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
-        self.extra = self.peak - self.start
-
-
-def measure(fn, repeats: int):
-    times, peaks = [], []
-    for _ in range(repeats):
-        with PeakRSS() as mem:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        peaks.append(mem.extra)
-    return times, max(peaks)
+    The kernel's resident high-water mark is reset just before the call (Linux
+    /proc/self/clear_refs), after freed heap has been handed back, so the peak is the
+    call's own and does not depend on what ran before it in this process.
+    """
+    _release_free_memory()
+    base = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    t0 = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t0
+    return seconds, (_status_kb("VmHWM") - base) * 1024
 
 
 def main(argv=None) -> None:
@@ -107,16 +101,16 @@ def main(argv=None) -> None:
             t_off, t_ours = [], []
             m_off = m_ours = 0
             for _ in range(args.repeats):  # interleave so drift hits both alike
-                t, m = measure(run_official, 1)
-                t_off += t
+                t, m = measure(run_official)
+                t_off.append(t)
                 m_off = max(m_off, m)
-                t, m = measure(run_ours, 1)
-                t_ours += t
+                t, m = measure(run_ours)
+                t_ours.append(t)
                 m_ours = max(m_ours, m)
             bf16 = None
             if not args.no_bf16:
                 run_ours(torch.bfloat16)
-                bf16 = statistics.median(measure(lambda: run_ours(torch.bfloat16), args.repeats)[0])
+                bf16 = statistics.median(measure(lambda: run_ours(torch.bfloat16))[0] for _ in range(args.repeats))
             rows.append((preset, n, statistics.median(t_off), m_off, statistics.median(t_ours), m_ours, bf16))
             print_row(rows[-1], header=len(rows) == 1, size=(h, w))
         del official, ours

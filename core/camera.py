@@ -37,6 +37,17 @@ def decode_pose(code: Tensor, image_size):
     return c2w, k
 
 
+def as_homogeneous(m: Tensor) -> Tensor:
+    """(..., 3, 4) or (..., 4, 4) rigid transforms -> (..., 4, 4) with last row (0, 0, 0, 1)."""
+    if m.shape[-2:] == (4, 4):
+        return m
+    if m.shape[-2:] != (3, 4):
+        raise ValueError(f"expected (..., 3, 4) or (..., 4, 4) transforms, got {tuple(m.shape)}")
+    bottom = torch.zeros(m.shape[:-2] + (1, 4), dtype=m.dtype, device=m.device)
+    bottom[..., 0, 3] = 1
+    return torch.cat((m, bottom), -2)
+
+
 def invert_rigid(m: Tensor) -> Tensor:
     """Inverse of rigid transforms given as (..., 3, 4) or (..., 4, 4): returns (..., 3, 4)."""
     rot_t = m[..., :3, :3].transpose(-1, -2)

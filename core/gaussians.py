@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .camera import as_homogeneous, invert_rigid
 from .config import GaussianConfig
 from .outputs import Gaussians
 from .rotation import mat_to_quat, quat_to_mat
@@ -155,21 +156,10 @@ def rotate_sh(sh: Tensor, rot: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------
 
 
-def _homogeneous(ext: Tensor) -> Tensor:
-    """(..., 3, 4) or (..., 4, 4) -> (..., 4, 4) with last row (0, 0, 0, 1)."""
-    if ext.shape[-2:] == (4, 4):
-        return ext
-    if ext.shape[-2:] != (3, 4):
-        raise ValueError(f"expected (..., 3, 4) or (..., 4, 4) extrinsics, got {tuple(ext.shape)}")
-    bottom = torch.zeros(ext.shape[:-2] + (1, 4), dtype=ext.dtype, device=ext.device)
-    bottom[..., 0, 3] = 1
-    return torch.cat((ext, bottom), -2)
-
-
 def _rigid_inverse(m: Tensor) -> Tuple[Tensor, Tensor]:
-    """(..., 4, 4) rigid w2c -> (..., 3, 3) rotation and (..., 3) translation of c2w."""
-    rot_t = m[..., :3, :3].transpose(-1, -2)
-    return rot_t, -(rot_t @ m[..., :3, 3:4])[..., 0]
+    """(..., 3|4, 4) rigid w2c -> (..., 3, 3) rotation and (..., 3) translation of c2w."""
+    c2w = invert_rigid(m)
+    return c2w[..., :3], c2w[..., 3]
 
 
 def _pose_scale(pred_centres: Tensor, gt_centres: Tensor) -> Tensor:
@@ -249,7 +239,7 @@ class GaussianAdapter(nn.Module):
         if raw.shape != (b, s, h, w, cfg.raw_channels):
             raise ValueError(f"raw must be {(b, s, h, w, cfg.raw_channels)}, got {tuple(raw.shape)}")
         dtype, device = raw.dtype, raw.device
-        ext = _homogeneous(extrinsics).to(dtype)
+        ext = as_homogeneous(extrinsics).to(dtype)
         rot_c2w, centre = _rigid_inverse(ext)  # (B,S,3,3), (B,S,3)
 
         # K normalised to the unit image square (x / W, y / H)
@@ -262,7 +252,7 @@ class GaussianAdapter(nn.Module):
         # given cameras: match their scale (not their frame: the Gaussians stay in the
         # predicted frame, where the depth lives)
         if gt_extrinsics is not None:
-            gt = _homogeneous(gt_extrinsics)
+            gt = as_homogeneous(gt_extrinsics)
             # parity: alignment is skipped only when the given cameras are bit-identical
             # to the predicted ones
             if gt.shape != ext.shape or not torch.equal(gt.to(ext), ext):

@@ -19,7 +19,9 @@ from torch import Tensor
 
 from .config import HeadConfig
 
-FRAMES_PER_CHUNK = 8
+# Frames per head pass: bounds the full-resolution intermediates (4 measured lower peak
+# memory than the official 8 and no slower on CPU).
+FRAMES_PER_CHUNK = 4
 
 
 def _resize(x: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -54,7 +56,8 @@ class ResidualConvUnit(nn.Module):
         self.conv2 = nn.Conv2d(features, features, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
+        # the first ReLU must keep x (it is added back); the second acts on a temporary
+        return self.conv2(F.relu_(self.conv1(F.relu(x)))) + x
 
 
 class FusionBlock(nn.Module):
@@ -84,7 +87,7 @@ class _Permute(nn.Module):
 
 def _head3(cin: int, cout: int, mid: int = 32) -> nn.Sequential:
     """[conv3x3 cin->mid, ReLU, conv1x1 mid->cout] (keys .0 and .2)."""
-    return nn.Sequential(nn.Conv2d(cin, mid, 3, padding=1), nn.ReLU(), nn.Conv2d(mid, cout, 1))
+    return nn.Sequential(nn.Conv2d(cin, mid, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(mid, cout, 1))
 
 
 class _Scratch(nn.Module):
@@ -124,8 +127,9 @@ class DPTBase(nn.Module):
     # -- pieces ---------------------------------------------------------------------------
 
     def _uv(self, x: Tensor, aspect: float) -> Tensor:
+        """Add the UV embedding in place (x is always a fresh intermediate here)."""
         h, w = x.shape[-2:]
-        return x + uv_embedding(h, w, x.shape[1], aspect, x.device).to(x.dtype)
+        return x.add_(uv_embedding(h, w, x.shape[1], aspect, x.device).to(x.dtype))
 
     def pyramid(self, feats: Sequence[Tensor], ph: int, pw: int, aspect: float) -> List[Tensor]:
         """Four (F, P, Cin) token maps -> four fusion inputs at 4x, 2x, 1x and 1/2x the patch grid."""
@@ -198,7 +202,7 @@ class DualDPT(DPTBase):
         shared_ln = nn.LayerNorm(32, eps=1e-5)
         self.scratch.output_conv2_aux = nn.ModuleList(
             nn.Sequential(nn.Conv2d(f // 2, 32, 3, padding=1), _Permute(0, 2, 3, 1), shared_ln,
-                          _Permute(0, 3, 1, 2), nn.ReLU(), nn.Conv2d(32, 7, 1))
+                          _Permute(0, 3, 1, 2), nn.ReLU(inplace=True), nn.Conv2d(32, 7, 1))
             for _ in range(4)
         )
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .backbone import REF_VIEW_STRATEGIES, Backbone
-from .camera import CameraDec, CameraEnc, decode_pose, invert_rigid
+from .camera import CameraDec, CameraEnc, as_homogeneous, decode_pose, invert_rigid
 from .config import PATCH_SIZE, NestedConfig, NetConfig
 from .heads import build_head
 from .outputs import NetworkOutput
@@ -28,14 +28,6 @@ SKY_THRESHOLD = 0.3
 QUANTILE_SAMPLES = 100_000
 NESTED_SKY_DEPTH_CAP = 200.0
 METRIC_FOCAL_UNIT = 300.0
-
-
-def _as_homogeneous(m: Tensor) -> Tensor:
-    if m.shape[-2:] == (4, 4):
-        return m
-    bottom = torch.zeros(m.shape[:-2] + (1, 4), dtype=m.dtype, device=m.device)
-    bottom[..., 0, 3] = 1
-    return torch.cat((m, bottom), -2)
 
 
 def _sample_with_replacement(values: Tensor) -> Tensor:
@@ -149,7 +141,7 @@ class DA3Net(nn.Module):
 
         cam_token = None
         if extrinsics is not None:
-            extrinsics = _as_homogeneous(extrinsics.float())
+            extrinsics = as_homogeneous(extrinsics.float())
             with torch.autocast(device_type=images.device.type, enabled=False):
                 cam_token = self.cam_enc(extrinsics, intrinsics.float(), (h, w))
 
@@ -183,7 +175,7 @@ class DA3Net(nn.Module):
                 # the adapter places Gaussians with the *predicted* cameras (the depth lives
                 # in their frame); given poses only set the scale
                 out.gaussians = self.gs_adapter(
-                    _as_homogeneous(out.extrinsics), out.intrinsics, out.depth, gs["raw_gs_conf"], gs["raw_gs"],
+                    as_homogeneous(out.extrinsics), out.intrinsics, out.depth, gs["raw_gs_conf"], gs["raw_gs"],
                     gt_extrinsics=extrinsics,
                 )
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import warnings
 from pathlib import Path
 from typing import Optional
 
+import os
+
 import torch
+
+# the official package prints an INFO line on every forward unless told otherwise
+os.environ.setdefault("DA3_LOG_LEVEL", "ERROR")
 
 
 @contextlib.contextmanager
@@ -50,7 +54,6 @@ def official_network(preset: str, shrink: Optional[dict] = None, metric_shrink: 
     shrink: {"depth": n, "out_layers": [...], "alt_start": k} for the (any-view) backbone;
     metric_shrink: the same for the nested model's metric branch.
     """
-    logging.getLogger("depth_anything_3").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from depth_anything_3.cfg import create_object, load_config

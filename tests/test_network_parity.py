@@ -200,6 +200,19 @@ def test_giant_reduced_gaussians_pose_conditioned(pair):
     _compare_gaussians(ours.gaussians, ref["gaussians"])
 
 
+@pytest.mark.slow
+def test_giant_reduced_ray_pose_with_gaussians(pair):
+    """Gaussians placed with the cameras of the ray-map solver (seeded RNG on both sides)."""
+    off, model = pair("da3-giant")
+    x = random_images(1, 2, 42, 56, seed=47)
+    torch.manual_seed(5)
+    ours = model.net(x, use_ray_pose=True, infer_gs=True)
+    torch.manual_seed(5)
+    ref = run_official(off, x, use_ray_pose=True, infer_gs=True)
+    compare(ours, ref, rel=1e-3)
+    _compare_gaussians(ours.gaussians, ref["gaussians"], rel=1e-3)
+
+
 # ----------------------------------------------------------------------------- mono / metric / nested
 
 
@@ -214,15 +227,20 @@ def test_monocular_reduced_with_sky(pair, preset):
     assert 10 < int(sky.sum()) < sky.numel() - 10, "random weights gave no mixed sky: the sky fill is not exercised"
     compare(ours, ref, keys=("depth", "sky"))
     assert ours.depth_conf is None and ours.extrinsics is None
+    # sky pixels were filled with one far value (the 99th percentile of the rest)
+    filled = ours.depth[ours.sky >= 0.3]
+    assert torch.all(filled == filled[0]) and filled[0] >= ours.depth[ours.sky < 0.3].median()
 
 
 @pytest.mark.slow
 def test_nested_reduced_metric_scaling(pair):
     off, model = pair("da3nested-giant-large")
     x = random_images(1, 3, 42, 56, seed=61)
-    ours = model.net(x)
-    ref = run_official(off, x)
+    ours = model.net(x, infer_gs=True)
+    ref = run_official(off, x, infer_gs=True)
     compare(ours, ref)
+    # the Gaussians come from the any-view branch before metric scaling (as upstream)
+    _compare_gaussians(ours.gaussians, ref["gaussians"])
     assert ours.is_metric and ref["is_metric"] == 1
     assert ours.scale_factor == pytest.approx(ref["scale_factor"], rel=1e-4)
     assert ours.sky is None
