@@ -1,22 +1,41 @@
-"""da3_plugins.core: the Depth Anything 3 network, with no host-tool dependencies.
+"""da3_plugins.core: the Depth Anything 3 network and everything around it, with no host-tool
+dependencies.
 
-Imports torch, numpy, safetensors and pillow only (never bpy, open3d or nerfstudio).
+Imports torch, numpy, safetensors and pillow only (never bpy, open3d or nerfstudio).  Importing
+this package is cheap: the torch-based parts load on first use, and the numpy-only modules
+(``conventions``, ``reconstruction``) can be imported without torch installed.
 """
 
-from .config import CHECKPOINT_LICENSES, HUB_REPOS, PRESETS, NestedConfig, NetConfig, get_preset
-from .model import DA3Model, load_model, random_model
-from .outputs import Gaussians, NetworkOutput
+from importlib import import_module
 
-__all__ = [
-    "CHECKPOINT_LICENSES",
-    "HUB_REPOS",
-    "PRESETS",
-    "DA3Model",
-    "Gaussians",
-    "NestedConfig",
-    "NetConfig",
-    "NetworkOutput",
-    "get_preset",
-    "load_model",
-    "random_model",
-]
+_LAZY = {
+    "CHECKPOINT_LICENSES": "config",
+    "HUB_REPOS": "config",
+    "PRESETS": "config",
+    "NestedConfig": "config",
+    "NetConfig": "config",
+    "get_preset": "config",
+    "DA3Model": "model",
+    "load_model": "model",
+    "random_model": "model",
+    "Gaussians": "outputs",
+    "NetworkOutput": "outputs",
+    "Reconstruction": "reconstruction",
+    "GaussianSet": "reconstruction",
+    "PointCloud": "reconstruction",
+    "SceneFileError": "reconstruction",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

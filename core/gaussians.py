@@ -248,6 +248,7 @@ class GaussianAdapter(nn.Module):
         k_n[..., 1, :] = k_n[..., 1, :] / h
 
         dist = depths.to(dtype) + raw[..., -1]  # depth plus the predicted depth offset
+        frame_scale = torch.ones(b, dtype=dtype, device=device)
 
         # given cameras: match their scale (not their frame: the Gaussians stay in the
         # predicted frame, where the depth lives)
@@ -260,6 +261,7 @@ class GaussianAdapter(nn.Module):
                 scale = _pose_scale(centre.detach().double(), gt_centre).to(dtype)
                 centre = centre * scale[:, None, None]
                 dist = dist * scale[:, None, None, None]
+                frame_scale = scale
 
         # pixel centres at half-integer positions, normalised to (0, 1), plus the learned
         # sub-pixel offset (in pixels); parity: the network was trained on these centres
@@ -317,4 +319,5 @@ class GaussianAdapter(nn.Module):
             rotations=rotations.reshape(b, n, 4),
             harmonics=sh.reshape(b, n, 3, self.sh_coeffs),
             opacities=opac.reshape(b, n),
+            frame_scale=frame_scale,
         )

@@ -22,6 +22,9 @@ class Gaussians:
     rotations: Tensor  # (B, N*H*W, 4)
     harmonics: Tensor  # (B, N*H*W, 3, (sh_degree+1)^2), colour-major
     opacities: Tensor  # (B, N*H*W)
+    # the Gaussians live in the predicted camera frame with translations multiplied by this
+    # (B,) factor: 1 unless given cameras set the scale (see GaussianAdapter)
+    frame_scale: Optional[Tensor] = None
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Writers for reconstructions: point clouds, Gaussian splats, glTF, COLMAP, nerfstudio, depth images."""

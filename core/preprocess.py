@@ -1,0 +1,149 @@
+"""Resizing photos to the network's input, exactly as the official DA3 input processor does.
+
+For each photo (RGB uint8):
+
+1. boundary resize so that the longest (``upper_bound_*``) or shortest (``lower_bound_*``)
+   side becomes ``process_res``: ``new = max(1, round(dim * scale))`` with Python's
+   round-half-to-even, skipped when that side already has the size; OpenCV cubic when
+   enlarging, area when shrinking;
+2. sides to multiples of 14: ``*_resize`` resizes each side to its nearest multiple (ties up;
+   cubic if either side grows, else area), ``*_crop`` centre-crops each side down to a multiple;
+3. photos of different processed sizes are centre-cropped to the smallest height and width.
+
+Each step is also recorded as an affine map of continuous pixel coordinates (a resize from
+w to w' scales u by w'/w exactly; a crop by ``off`` subtracts it), so intrinsics can be
+carried to the processed images and back to the originals without rounding.
+
+Deliberate difference: in step 3 the official pipeline shifts K by ``delta // 2`` while
+torchvision's CenterCrop cuts at ``round(delta / 2)``; for some odd differences the two
+disagree by one pixel.  We cut where the official cuts (same pixels) and shift K by the
+offset actually cut, so our K matches our pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+PATCH = 14
+RESIZE_METHODS = ("upper_bound_resize", "upper_bound_crop", "lower_bound_resize", "lower_bound_crop")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ProcessedImage:
+    """One resized photo: ``pixels`` (h, w, 3) uint8 and ``transform`` (3, 3), the affine map
+    from original to processed continuous pixel coordinates."""
+
+    pixels: np.ndarray
+    transform: np.ndarray
+
+
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+def _resize(pixels: np.ndarray, new_w: int, new_h: int, enlarge: bool) -> np.ndarray:
+    cv2 = _cv2()
+    interp = cv2.INTER_CUBIC if enlarge else cv2.INTER_AREA
+    return cv2.resize(pixels, (new_w, new_h), interpolation=interp)
+
+
+def _scale_matrix(sx: float, sy: float) -> np.ndarray:
+    return np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _shift_matrix(dx: float, dy: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, -dx], [0.0, 1.0, -dy], [0.0, 0.0, 1.0]])
+
+
+def _nearest_multiple(x: int, p: int = PATCH) -> int:
+    down = (x // p) * p
+    up = down + p
+    return up if abs(up - x) <= abs(x - down) else down
+
+
+def check_method(process_res: int, process_res_method: str) -> None:
+    if process_res_method not in RESIZE_METHODS:
+        raise ValueError(f"process_res_method: expected one of {', '.join(RESIZE_METHODS)}, got {process_res_method!r}")
+    if int(process_res) != process_res or process_res < PATCH:
+        raise ValueError(f"process_res: expected an integer >= {PATCH}, got {process_res!r}")
+
+
+def process_image(pixels: np.ndarray, process_res: int = 504,
+                  process_res_method: str = "upper_bound_resize", name: str = "image") -> ProcessedImage:
+    """Steps 1 and 2 for one (H, W, 3) uint8 RGB photo."""
+    check_method(process_res, process_res_method)
+    h, w = pixels.shape[:2]
+    transform = np.eye(3)
+    side = max(w, h) if process_res_method.startswith("upper") else min(w, h)
+    if side != process_res:
+        scale = process_res / float(side)
+        new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+        pixels = _resize(pixels, new_w, new_h, enlarge=scale > 1.0)
+        transform = _scale_matrix(new_w / w, new_h / h) @ transform
+        w, h = new_w, new_h
+    if process_res_method.endswith("resize"):
+        new_w, new_h = max(1, _nearest_multiple(w)), max(1, _nearest_multiple(h))
+        if (new_w, new_h) != (w, h):
+            pixels = _resize(pixels, new_w, new_h, enlarge=new_w > w or new_h > h)
+            transform = _scale_matrix(new_w / w, new_h / h) @ transform
+            w, h = new_w, new_h
+    else:
+        new_w, new_h = (w // PATCH) * PATCH, (h // PATCH) * PATCH
+        if (new_w, new_h) != (w, h):
+            left, top = (w - new_w) // 2, (h - new_h) // 2
+            pixels = pixels[top:top + new_h, left:left + new_w]
+            transform = _shift_matrix(left, top) @ transform
+            w, h = new_w, new_h
+    if w < PATCH or h < PATCH:
+        raise ValueError(f"{name}: the aspect ratio is too extreme: it processes to {w}x{h} pixels, "
+                         f"below one {PATCH}-pixel patch; crop it or raise process_res")
+    return ProcessedImage(pixels=np.ascontiguousarray(pixels), transform=transform)
+
+
+def unify_sizes(images: Sequence[ProcessedImage]) -> List[ProcessedImage]:
+    """Step 3: centre-crop every image to the smallest processed height and width."""
+    sizes = {im.pixels.shape[:2] for im in images}
+    if len(sizes) <= 1:
+        return list(images)
+    min_h = min(s[0] for s in sizes)
+    min_w = min(s[1] for s in sizes)
+    out = []
+    for im in images:
+        h, w = im.pixels.shape[:2]
+        # torchvision's CenterCrop offset: int(round(delta / 2.0)), half to even
+        top, left = int(round((h - min_h) / 2.0)), int(round((w - min_w) / 2.0))
+        pixels = im.pixels[top:top + min_h, left:left + min_w]
+        out.append(ProcessedImage(np.ascontiguousarray(pixels), _shift_matrix(left, top) @ im.transform))
+    return out
+
+
+def process_images(images: Sequence[np.ndarray], process_res: int = 504,
+                   process_res_method: str = "upper_bound_resize",
+                   names: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(H_i, W_i, 3) uint8 photos -> (N, h, w, 3) uint8 processed batch and (N, 3, 3) transforms."""
+    names = list(names) if names is not None else [f"images[{i}]" for i in range(len(images))]
+    done = unify_sizes([process_image(p, process_res, process_res_method, n) for p, n in zip(images, names)])
+    return np.stack([d.pixels for d in done]), np.stack([d.transform for d in done])
+
+
+def normalize(batch: np.ndarray):
+    """(N, h, w, 3) uint8 -> (N, 3, h, w) float32 torch tensor, ImageNet-normalised like
+    torchvision's ToTensor + Normalize (x / 255, then (x - mean) / std, in float32)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
+    return (x - mean) / std
+
+
+def transform_intrinsics(k: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """Intrinsics of the original photo (N, 3, 3) -> of the processed image: T @ K."""
+    return np.asarray(transform, dtype=np.float64) @ np.asarray(k, dtype=np.float64)

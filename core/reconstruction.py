@@ -1,0 +1,441 @@
+"""The reconstruction: what DA3 made of a set of photos, as numpy arrays, and its scene file.
+
+numpy only (no torch): the Blender add-on reads scene files with this module, copied into the
+extension unchanged.  It imports only ``conventions`` beside it, and that one import is
+written so that it also works when both files are copied into another package.
+
+Conventions (see ``docs/conventions.md``): depth is z-depth along the optical axis; poses are
+OpenCV world-to-camera ``(N, 3, 4)``; intrinsics are in pixels of the *processed* images, in
+continuous coordinates (the centre of pixel (col i, row j) is (i + 0.5, j + 0.5)).
+
+The scene file (``.npz``) is described in ``docs/scene-file.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+try:  # inside the package
+    from . import conventions as _conv
+except ImportError:  # copied as plain modules (the Blender extension)
+    import conventions as _conv  # type: ignore[no-redef]
+
+SCHEMA_NAME = "da3-plugins.reconstruction"
+SCHEMA_VERSION = 1
+
+PathLike = Union[str, os.PathLike]
+
+
+class SceneFileError(ValueError):
+    """A scene file that cannot be read: wrong schema, newer version, missing or bad arrays."""
+
+
+@dataclass
+class GaussianSet:
+    """World-space 3-D Gaussians (numpy), in the frame and units of the reconstruction.
+
+    ``rotations`` are the four numbers a Gaussian renderer (gsplat, 3DGS viewers) reads as
+    a unit quaternion (w, x, y, z); DA3's adapter produces them in that slot order (see
+    ``docs/network.md``), so they are stored as they come.  ``harmonics`` are colour-major
+    real SH coefficients ``(G, 3, (degree+1)^2)``; ``opacities`` are in [0, 1].
+    """
+
+    means: np.ndarray  # (G, 3) float32
+    scales: np.ndarray  # (G, 3) float32, linear (not log)
+    rotations: np.ndarray  # (G, 4) float32
+    harmonics: np.ndarray  # (G, 3, K) float32
+    opacities: np.ndarray  # (G,) float32
+    view: Optional[np.ndarray] = None  # (G,) int32 source view of each Gaussian
+
+    def __post_init__(self) -> None:
+        self.means = np.asarray(self.means, dtype=np.float32)
+        g = self.means.shape[0] if self.means.ndim == 2 else -1
+        checks = {
+            "means": (self.means, (g, 3)),
+            "scales": (np.asarray(self.scales, dtype=np.float32), (g, 3)),
+            "rotations": (np.asarray(self.rotations, dtype=np.float32), (g, 4)),
+            "opacities": (np.asarray(self.opacities, dtype=np.float32), (g,)),
+        }
+        for name, (arr, shape) in checks.items():
+            if arr.shape != shape:
+                raise ValueError(f"gaussians.{name}: expected shape {shape}, got {arr.shape}")
+            setattr(self, name, arr)
+        self.harmonics = np.asarray(self.harmonics, dtype=np.float32)
+        if self.harmonics.ndim != 3 or self.harmonics.shape[:2] != (g, 3):
+            raise ValueError(f"gaussians.harmonics: expected shape ({g}, 3, K), got {self.harmonics.shape}")
+        k = self.harmonics.shape[2]
+        if int(round(k**0.5)) ** 2 != k:
+            raise ValueError(f"gaussians.harmonics: {k} coefficients is not a square (degree+1)^2")
+        if self.view is not None:
+            self.view = np.asarray(self.view, dtype=np.int32)
+            if self.view.shape != (g,):
+                raise ValueError(f"gaussians.view: expected shape ({g},), got {self.view.shape}")
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def sh_degree(self) -> int:
+        return int(round(self.harmonics.shape[2] ** 0.5)) - 1
+
+
+@dataclass
+class PointCloud:
+    """Coloured world points: ``positions (M, 3) float32``, ``colors (M, 3) uint8``,
+    ``confidence (M,) float32`` (ones when the model gives none), ``view (M,) int32``."""
+
+    positions: np.ndarray
+    colors: np.ndarray
+    confidence: np.ndarray
+    view: np.ndarray
+
+    def __len__(self) -> int:
+        return self.positions.shape[0]
+
+
+@dataclass
+class Reconstruction:
+    """Per-view depth, confidence and cameras of N photos (and optionally sky and Gaussians).
+
+    Build one directly from arrays for data from elsewhere; shapes are checked here.
+
+    Attributes:
+        images: (N, H, W, 3) uint8, the processed images the network saw.
+        depth: (N, H, W) float32 z-depth (relative units, metres when ``is_metric``).
+        extrinsics: (N, 3, 4) float64 OpenCV world-to-camera.
+        intrinsics: (N, 3, 3) float64 in pixels of the processed H x W.
+        conf: (N, H, W) float32 depth confidence (>= 1 for DA3), or None.
+        original_sizes: (N, 2) int64 (height, width) of the input photos; defaults to (H, W).
+        pixel_transform: (N, 3, 3) float64 affine map from original to processed continuous
+            pixel coordinates (scale, then crop offset); defaults to the plain rescale
+            original_sizes -> (H, W).
+        image_names: one name per view (file names, or ``view_0000`` ...).
+        sky: (N, H, W) bool sky mask, or None.
+        gaussians: a :class:`GaussianSet`, or None.
+        is_metric: depth and translations are in metres.
+        model: the model id or path that produced it ("" for data from elsewhere).
+        options: the options of the run (JSON-serialisable).
+    """
+
+    images: np.ndarray
+    depth: np.ndarray
+    extrinsics: np.ndarray
+    intrinsics: np.ndarray
+    conf: Optional[np.ndarray] = None
+    original_sizes: Optional[np.ndarray] = None
+    pixel_transform: Optional[np.ndarray] = None
+    image_names: List[str] = field(default_factory=list)
+    sky: Optional[np.ndarray] = None
+    gaussians: Optional[GaussianSet] = None
+    is_metric: bool = False
+    model: str = ""
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        images = np.asarray(self.images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images: expected (N, H, W, 3) uint8, got shape {images.shape}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"images: expected uint8, got {images.dtype}")
+        n, h, w = images.shape[:3]
+        self.images = images
+        self.depth = _checked(self.depth, (n, h, w), np.float32, "depth")
+        ext = np.asarray(self.extrinsics)
+        if ext.shape == (n, 4, 4):
+            ext = ext[:, :3, :]
+        self.extrinsics = _checked(ext, (n, 3, 4), np.float64, "extrinsics")
+        self.intrinsics = _checked(self.intrinsics, (n, 3, 3), np.float64, "intrinsics")
+        if self.conf is not None:
+            self.conf = _checked(self.conf, (n, h, w), np.float32, "conf")
+        if self.sky is not None:
+            self.sky = _checked(self.sky, (n, h, w), np.bool_, "sky")
+        if self.original_sizes is None:
+            self.original_sizes = np.tile(np.array([[h, w]], dtype=np.int64), (n, 1))
+        self.original_sizes = _checked(self.original_sizes, (n, 2), np.int64, "original_sizes")
+        if np.any(self.original_sizes < 1):
+            raise ValueError("original_sizes: every height and width must be >= 1")
+        if self.pixel_transform is None:
+            pt = np.zeros((n, 3, 3))
+            pt[:, 0, 0] = w / self.original_sizes[:, 1]
+            pt[:, 1, 1] = h / self.original_sizes[:, 0]
+            pt[:, 2, 2] = 1.0
+            self.pixel_transform = pt
+        self.pixel_transform = _checked(self.pixel_transform, (n, 3, 3), np.float64, "pixel_transform")
+        names = list(self.image_names) if self.image_names is not None else []
+        if not names:
+            names = [f"view_{i:04d}" for i in range(n)]
+        if len(names) != n:
+            raise ValueError(f"image_names: expected {n} names, got {len(names)}")
+        self.image_names = [str(x) for x in names]
+        if self.gaussians is not None and not isinstance(self.gaussians, GaussianSet):
+            raise ValueError("gaussians: expected a GaussianSet")
+        self.is_metric = bool(self.is_metric)
+        self.model = str(self.model)
+        self.options = dict(self.options or {})
+
+    # ------------------------------------------------------------------ sizes and cameras
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_views(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.images.shape[2]
+
+    @property
+    def camera_to_world(self) -> np.ndarray:
+        """(N, 4, 4) OpenCV camera-to-world."""
+        return _conv.w2c_to_c2w(self.extrinsics)
+
+    @property
+    def camera_centers(self) -> np.ndarray:
+        """(N, 3) camera centres in world coordinates."""
+        return _conv.camera_centers(self.extrinsics)
+
+    @property
+    def intrinsics_original(self) -> np.ndarray:
+        """(N, 3, 3) intrinsics in pixels of the original photos (continuous coordinates)."""
+        return np.linalg.inv(self.pixel_transform) @ self.intrinsics
+
+    # ------------------------------------------------------------------ points
+
+    def default_conf_threshold(self, percentile: float = 40.0) -> float:
+        """The official exports' rule: min(max(1.05, P_percentile(conf)), P90(conf)); 0 without conf."""
+        if self.conf is None:
+            return 0.0
+        valid = self.conf[np.isfinite(self.conf)]
+        if valid.size == 0:
+            return 0.0
+        lo = float(np.percentile(valid, percentile))
+        return float(min(max(1.05, lo), float(np.percentile(valid, 90))))
+
+    def valid_mask(self, conf_threshold: Optional[float] = None, drop_sky: bool = True) -> np.ndarray:
+        """(N, H, W) bool: finite positive depth, conf >= threshold, not sky (when known)."""
+        mask = np.isfinite(self.depth) & (self.depth > 0)
+        if conf_threshold is not None and self.conf is not None:
+            mask &= self.conf >= conf_threshold
+        if drop_sky and self.sky is not None:
+            mask &= ~self.sky
+        return mask
+
+    def camera_points(self) -> np.ndarray:
+        """(N, H, W, 3) float32 points in each camera's frame: depth * K^-1 (u, v, 1) at pixel centres."""
+        u, v = _conv.pixel_centres(self.height, self.width)
+        pix = np.stack((u, v, np.ones_like(u)), -1)  # (H, W, 3)
+        kinv = np.linalg.inv(self.intrinsics)  # (N, 3, 3)
+        rays = np.einsum("nij,hwj->nhwi", kinv, pix)
+        return (rays * self.depth[..., None]).astype(np.float32)
+
+    def world_points(self) -> np.ndarray:
+        """(N, H, W, 3) float32 world points of every pixel (invalid depth gives nonsense)."""
+        cam = self.camera_points().astype(np.float64)
+        c2w = self.camera_to_world
+        world = np.einsum("nij,nhwj->nhwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
+        return world.astype(np.float32)
+
+    def points(self, conf_threshold: Optional[float] = None, stride: int = 1, drop_sky: bool = True,
+               views: Optional[List[int]] = None) -> PointCloud:
+        """World points with colours, for the pixels that pass the filters.
+
+        Args:
+            conf_threshold: keep conf >= this; None keeps every valid pixel, "auto" uses
+                :meth:`default_conf_threshold`.
+            stride: take every ``stride``-th pixel in both directions (>= 1).
+            drop_sky: leave out pixels of the sky mask (when the model gives one).
+            views: restrict to these view indices.
+        """
+        if isinstance(conf_threshold, str):
+            if conf_threshold != "auto":
+                raise ValueError(f"conf_threshold: expected a number, None or 'auto', got {conf_threshold!r}")
+            conf_threshold = self.default_conf_threshold()
+        if int(stride) != stride or stride < 1:
+            raise ValueError(f"stride: expected an integer >= 1, got {stride!r}")
+        stride = int(stride)
+        idx = list(range(self.num_views)) if views is None else [int(i) for i in views]
+        for i in idx:
+            if not 0 <= i < self.num_views:
+                raise ValueError(f"views: index {i} out of range for {self.num_views} views")
+        mask = self.valid_mask(conf_threshold, drop_sky)[idx][:, ::stride, ::stride]
+        sub = Reconstruction(
+            images=self.images[idx][:, ::stride, ::stride],
+            depth=self.depth[idx][:, ::stride, ::stride],
+            extrinsics=self.extrinsics[idx],
+            intrinsics=_strided_intrinsics(self.intrinsics[idx], stride),
+        )
+        world = sub.world_points()
+        view = np.broadcast_to(np.asarray(idx, dtype=np.int32)[:, None, None], mask.shape)
+        conf = (self.conf[idx][:, ::stride, ::stride] if self.conf is not None
+                else np.ones(mask.shape, dtype=np.float32))
+        return PointCloud(
+            positions=np.ascontiguousarray(world[mask]),
+            colors=np.ascontiguousarray(sub.images[mask]),
+            confidence=np.ascontiguousarray(conf[mask].astype(np.float32)),
+            view=np.ascontiguousarray(view[mask]),
+        )
+
+    # ------------------------------------------------------------------ scene file
+
+    def save(self, path: PathLike) -> Path:
+        """Write the scene file (``.npz``, compressed) atomically; returns the path."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        arrays: Dict[str, np.ndarray] = {
+            "schema": np.array(SCHEMA_NAME),
+            "schema_version": np.array(SCHEMA_VERSION, dtype=np.int64),
+            "images": self.images,
+            "depth": self.depth,
+            "extrinsics": self.extrinsics,
+            "intrinsics": self.intrinsics,
+            "original_sizes": self.original_sizes,
+            "pixel_transform": self.pixel_transform,
+            "image_names": np.array(self.image_names, dtype=np.str_),
+            "is_metric": np.array(self.is_metric),
+            "model": np.array(self.model),
+            "options_json": np.array(json.dumps(self.options, sort_keys=True, default=_json_default)),
+        }
+        if self.conf is not None:
+            arrays["conf"] = self.conf
+        if self.sky is not None:
+            arrays["sky"] = self.sky
+        if self.gaussians is not None:
+            g = self.gaussians
+            arrays.update(gs_means=g.means, gs_scales=g.scales, gs_rotations=g.rotations,
+                          gs_harmonics=g.harmonics, gs_opacities=g.opacities)
+            if g.view is not None:
+                arrays["gs_view"] = g.view
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Reconstruction":
+        """Read a scene file; raises :class:`SceneFileError` naming the file on any problem."""
+        path = Path(path)
+        if not path.is_file():
+            raise SceneFileError(f"{path}: no such scene file")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise SceneFileError(f"{path}: not a readable .npz scene file ({exc})") from None
+        schema = str(arrays.get("schema", ""))
+        if schema != SCHEMA_NAME:
+            raise SceneFileError(f"{path}: not a da3-plugins scene file (schema {schema or 'missing'!r})")
+        version = int(arrays.get("schema_version", -1))
+        if version > SCHEMA_VERSION:
+            raise SceneFileError(
+                f"{path}: scene file schema version {version} is newer than this da3-plugins reads "
+                f"({SCHEMA_VERSION}); upgrade da3-plugins")
+        if version < 1:
+            raise SceneFileError(f"{path}: bad schema version {version}")
+        for key in ("images", "depth", "extrinsics", "intrinsics"):
+            if key not in arrays:
+                raise SceneFileError(f"{path}: the array {key!r} is missing")
+        gaussians = None
+        if "gs_means" in arrays:
+            try:
+                gaussians = GaussianSet(arrays["gs_means"], arrays["gs_scales"], arrays["gs_rotations"],
+                                        arrays["gs_harmonics"], arrays["gs_opacities"], arrays.get("gs_view"))
+            except (KeyError, ValueError) as exc:
+                raise SceneFileError(f"{path}: bad Gaussians ({exc})") from None
+        try:
+            options = json.loads(str(arrays.get("options_json", "{}")))
+            return cls(
+                images=arrays["images"], depth=arrays["depth"], extrinsics=arrays["extrinsics"],
+                intrinsics=arrays["intrinsics"], conf=arrays.get("conf"),
+                original_sizes=arrays.get("original_sizes"), pixel_transform=arrays.get("pixel_transform"),
+                image_names=[str(x) for x in arrays.get("image_names", [])], sky=arrays.get("sky"),
+                gaussians=gaussians, is_metric=bool(arrays.get("is_metric", False)),
+                model=str(arrays.get("model", "")), options=options,
+            )
+        except ValueError as exc:
+            raise SceneFileError(f"{path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _strided_intrinsics(k: np.ndarray, stride: int) -> np.ndarray:
+    """K for the sub-sampled grid of every ``stride``-th pixel centre.
+
+    Sub-sampled pixel (i, j) is original pixel (s*i, s*j) whose centre is s*i + 0.5; in the
+    new grid its centre is i + 0.5, so u_new = (u - 0.5)/s + 0.5.
+    """
+    out = np.array(k, dtype=np.float64, copy=True)
+    if stride == 1:
+        return out
+    a = np.array([[1 / stride, 0, 0.5 - 0.5 / stride], [0, 1 / stride, 0.5 - 0.5 / stride], [0, 0, 1]])
+    return a @ out
+
+
+def _checked(arr, shape: Tuple[int, ...], dtype, name: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {a.shape}")
+    if dtype is np.bool_:
+        if a.dtype != np.bool_:
+            raise ValueError(f"{name}: expected a boolean mask, got {a.dtype}")
+        return a
+    if dtype is np.int64:
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"{name}: expected integers, got {a.dtype}")
+        return a.astype(np.int64)
+    if a.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: expected numbers, got {a.dtype}")
+    return a.astype(dtype, copy=False)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"option value {obj!r} is not JSON-serialisable")
+
+
+class atomic_path:
+    """Context manager yielding a temporary path beside ``path``; renamed onto it on success,
+    removed on any error (so an interrupted write leaves nothing behind)."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            os.chmod(self.tmp, 0o644)
+            os.replace(self.tmp, self.path)
+        else:
+            try:
+                self.tmp.unlink()
+            except FileNotFoundError:
+                pass
+        return False
