@@ -199,6 +199,12 @@ class Reconstruction:
         return self.images.shape[2]
 
     @property
+    def camera_source(self) -> str:
+        """Where the cameras come from: "predicted", "input" (given poses) or "none" (a
+        monocular model: identity poses and an assumed 60-degree field of view)."""
+        return str(self.options.get("camera_source", "predicted"))
+
+    @property
     def camera_to_world(self) -> np.ndarray:
         """(N, 4, 4) OpenCV camera-to-world."""
         return _conv.w2c_to_c2w(self.extrinsics)
