@@ -19,6 +19,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -426,6 +427,7 @@ def reconstruct(
                    ref_view_strategy=ref_view_strategy, use_ray_pose=use_ray_pose, infer_gs=infer_gs,
                    align_to_input_ext_scale=align_to_input_ext_scale, max_views_per_pass=size,
                    chunk_overlap=overlap, passes=len(chunks), seed=seed,
+                   image_files=[Path(im.source).name if im.source and Path(im.source).is_file() else "" for im in loaded],
                    camera_source="input" if poses_used else ("predicted" if model.predicts_cameras else "none"))
     return Reconstruction(
         images=pixels, depth=depth, extrinsics=ext, intrinsics=kk, conf=conf,

@@ -281,3 +281,21 @@ def test_bad_scene_file(tmp_path, capsys):
     arrays["schema_version"] = np.array(99)
     np.savez(newer, **arrays)
     _bad(["export", newer, "-o", out, "--export", "ply"], capsys, out, "newer")
+
+
+def test_every_export_from_the_command(model_dir, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = _run(["reconstruct", photos, "-o", out, "--model", model_dir, "--progress", "none",
+                              "--export", "scene,ply,glb,colmap,nerfstudio,depth", "--conf-threshold", "0", *RES], capsys)
+    assert code == 0, err
+    for rel in ("scene.npz", "points.ply", "scene.glb", "colmap/sparse/0/cameras.bin", "nerfstudio/transforms.json",
+                "depth/img1_depth.png"):
+        assert (out / rel).is_file(), rel
+    import pycolmap
+
+    model = pycolmap.Reconstruction(str(out / "colmap/sparse/0"))
+    assert sorted(im.name for im in model.images.values()) == ["img1.jpg", "img2.jpg", "img3.jpg"]
+    # gs-ply without Gaussians is refused before anything is computed
+    code, _, err = _run(["reconstruct", photos, "-o", tmp_path / "gs", "--model", model_dir, "--export", "gs-ply",
+                         "--progress", "none", *RES], capsys)
+    assert code == 2 and "--gaussians" in err

@@ -1,1 +1,22 @@
-"""Writers for reconstructions: point clouds, Gaussian splats, glTF, COLMAP, nerfstudio, depth images."""
+"""Writers for reconstructions: point clouds, Gaussian splats, glTF, COLMAP, nerfstudio, depth images.
+
+numpy + Pillow only (no torch): every writer writes under a temporary name and renames, so an
+interrupted export leaves nothing behind, and none modifies the reconstruction.
+"""
+
+from .colmap import write_colmap
+from .depth_images import colorize_depth, write_depth_images
+from .gltf import write_glb
+from .nerfstudio import write_nerfstudio
+from .ply import read_gaussian_ply, write_gaussian_ply, write_point_ply
+
+__all__ = [
+    "colorize_depth",
+    "read_gaussian_ply",
+    "write_colmap",
+    "write_depth_images",
+    "write_gaussian_ply",
+    "write_glb",
+    "write_nerfstudio",
+    "write_point_ply",
+]
