@@ -29,7 +29,7 @@ from . import conventions as conv
 from .images import LoadedImage, load_images
 from .preprocess import check_method, normalize, process_images, transform_intrinsics
 from .reconstruction import GaussianSet, Reconstruction
-from .sim3 import umeyama_sim3
+from .geometry import apply_sim3_to_w2c, umeyama
 
 REF_VIEW_STRATEGIES = ("first", "middle", "saddle_balanced", "saddle_sim_range")
 SKY_THRESHOLD = 0.5  # the official Prediction's sky mask threshold
@@ -72,20 +72,6 @@ def _centres(w2c: np.ndarray) -> np.ndarray:
     return conv.camera_centers(w2c)
 
 
-def _sim3(src: np.ndarray, dst: np.ndarray, allow_collinear: bool = False):
-    r, t, s = umeyama_sim3(torch.from_numpy(np.asarray(src, np.float64)),
-                           torch.from_numpy(np.asarray(dst, np.float64)), allow_collinear=allow_collinear)
-    return r.numpy(), t.numpy(), float(s)
-
-
-def _apply_sim3_to_c2w(c2w: np.ndarray, r: np.ndarray, t: np.ndarray, s: float) -> np.ndarray:
-    """Camera-to-world poses carried by X -> s R X + t (rotation turned, centre mapped)."""
-    out = conv.as_4x4(c2w)
-    out[:, :3, :3] = r @ out[:, :3, :3]
-    out[:, :3, 3] = s * (out[:, :3, 3] @ r.T) + t
-    return out
-
-
 def align_input_poses(pred_w2c: np.ndarray, input_w2c: np.ndarray, seed: int = 42):
     """Sim(3) (R, t, s) with predicted centre ~= s R input centre + t, as the official API fits it.
 
@@ -99,8 +85,8 @@ def align_input_poses(pred_w2c: np.ndarray, input_w2c: np.ndarray, seed: int = 4
     n = ref.shape[0]
     collinear = n < 3
     if n < RANSAC_MIN_VIEWS:
-        return _sim3(est, ref, allow_collinear=collinear)
-    r0, t0, s0 = _sim3(est, ref)
+        return umeyama(est, ref, allow_collinear=collinear)
+    r0, t0, s0 = umeyama(est, ref)
     pre = s0 * est @ r0.T + t0
     nn = np.linalg.norm(pre[:, None, :] - ref[None, :, :], axis=-1).min(1)
     thresh = float(np.median(nn))
@@ -110,7 +96,7 @@ def align_input_poses(pred_w2c: np.ndarray, input_w2c: np.ndarray, seed: int = 4
     for _ in range(10):
         pick = rng.choice(np.arange(n), size=sub_n, replace=False)
         try:
-            r, t, s = _sim3(est[pick], ref[pick])
+            r, t, s = umeyama(est[pick], ref[pick])
         except ValueError:
             continue
         err = np.linalg.norm(s * est @ r.T + t - ref, axis=1)
@@ -120,7 +106,7 @@ def align_input_poses(pred_w2c: np.ndarray, input_w2c: np.ndarray, seed: int = 4
         if k > best_score[0] or (k == best_score[0] and mean < best_score[1]):
             best, best_score, best_inliers = (r, t, s), (k, mean), inl
     if best_inliers is not None and best_inliers.sum() >= 3:
-        return _sim3(est[best_inliers], ref[best_inliers])
+        return umeyama(est[best_inliers], ref[best_inliers])
     return best
 
 
@@ -236,7 +222,7 @@ def _run_pass(model, pixels: np.ndarray, input_w2c: Optional[np.ndarray], input_
                 gaussians = transform_gaussians(gaussians, r.T, -(r.T @ t) / s, 1.0 / s)
         else:
             # the given poses carried into the prediction's frame
-            ext = conv.c2w_to_w2c(_apply_sim3_to_c2w(conv.w2c_to_c2w(input_w2c), r, t, s))
+            ext = apply_sim3_to_w2c(input_w2c, r, t, s)
     return _Pass(depth=depth, conf=conf, extrinsics=ext, intrinsics=k, sky=sky, gaussians=gaussians,
                  is_metric=bool(out.is_metric))
 
@@ -284,7 +270,7 @@ def _dense_sim3(src_pts: np.ndarray, dst_pts: np.ndarray, weight_ok: np.ndarray,
     if src.shape[0] > max_points:
         pick = np.random.default_rng(0).choice(src.shape[0], max_points, replace=False)
         src, dst = src[pick], dst[pick]
-    return _sim3(src, dst)
+    return umeyama(src, dst)
 
 
 def _world_points(depth, ext, k) -> np.ndarray:
@@ -399,7 +385,7 @@ def reconstruct(
                     c_new, c_old = res.conf[shared], conf[idx[shared]]
                     ok &= (c_new >= np.median(c_new)) & (c_old >= np.median(c_old))
                 r, t, s = _dense_sim3(src, dst, ok)
-                res.extrinsics = conv.c2w_to_w2c(_apply_sim3_to_c2w(conv.w2c_to_c2w(res.extrinsics), r, t, s))
+                res.extrinsics = apply_sim3_to_w2c(res.extrinsics, r, t, s)
                 res.depth = res.depth * np.float32(s)
                 if res.gaussians is not None:
                     res.gaussians = transform_gaussians(res.gaussians, r, t, s)

@@ -75,9 +75,9 @@ def test_chunks_join_into_one_consistent_scene():
     # one Sim(3) maps the whole result onto the truth (the first pass fixes frame and scale)
     truth = Reconstruction(images=np.stack(images), depth=depth, extrinsics=w2c, intrinsics=k)
     ours, true = rec.world_points().reshape(-1, 3), truth.world_points().reshape(-1, 3)
-    from da3_plugins.core.pipeline import _sim3
+    from da3_plugins.core.geometry import umeyama
 
-    r, t, s = _sim3(ours.astype(np.float64), true.astype(np.float64))
+    r, t, s = umeyama(ours.astype(np.float64), true.astype(np.float64))
     resid = np.linalg.norm(s * ours @ r.T + t - true, axis=1)
     assert resid.max() < 1e-4 * np.linalg.norm(true.max(0) - true.min(0))
     # the cameras follow the same map
