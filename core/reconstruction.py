@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -444,4 +445,34 @@ class atomic_path:
                 self.tmp.unlink()
             except FileNotFoundError:
                 pass
+        return False
+
+
+class atomic_folder:
+    """Context manager yielding a temporary folder beside ``path``; on success it replaces
+    ``path`` (an existing folder only with ``overwrite``), on any error it is removed."""
+
+    def __init__(self, path: PathLike, overwrite: bool = True) -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+
+    def __enter__(self) -> Path:
+        if self.path.exists() and not self.overwrite:
+            raise FileExistsError(f"{self.path}: exists (pass overwrite=True to replace it)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        os.chmod(self.tmp, 0o755)
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
         return False

@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 DEFAULT_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
 EXPORT_FORMATS = ("scene", "ply", "gs-ply", "glb", "colmap", "nerfstudio", "depth")
@@ -167,23 +165,29 @@ class OutputDir:
             raise UsageError(f"-o {target}: cannot create the folder {parent} ({exc.strerror})") from None
         if not os.access(parent, os.W_OK | os.X_OK):
             raise UsageError(f"-o {target}: the folder {parent} is not writable")
+        from da3_plugins.core.reconstruction import atomic_folder
+
+        self._folder = atomic_folder(self.target, overwrite=True)
         try:
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial", dir=parent))
+            self.tmp = self._folder.__enter__()
         except OSError as exc:
             raise UsageError(f"-o {target}: cannot write in {parent} ({exc.strerror})") from None
 
     def commit(self) -> Path:
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-            os.replace(self.tmp, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.target)
+        self._folder.__exit__(None, None, None)
         return self.target
 
     def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._folder.__exit__(RuntimeError, RuntimeError("discarded"), None)
+
+    def write(self, rec, formats, conf_threshold, progress: "Progress"):
+        """Write the exports into the temporary folder and rename it; -> (folder, written)."""
+        try:
+            written = write_exports(rec, self.tmp, formats, conf_threshold=conf_threshold, progress=progress)
+            return self.commit(), written
+        except BaseException:
+            self.discard()
+            raise
 
 
 def write_exports(rec, folder: Path, formats: Sequence[str], *, conf_threshold, progress: Progress) -> Dict[str, str]:
@@ -279,11 +283,10 @@ def cmd_reconstruct(args, progress: Progress) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         seconds = time.time() - start
-        written = write_exports(rec, out.tmp, formats, conf_threshold=args.conf_threshold, progress=progress)
-        final = out.commit()
     except BaseException:
         out.discard()
         raise
+    final, written = out.write(rec, formats, args.conf_threshold, progress)
     _report(final, written, progress, f"{len(rec)} views at {rec.width}x{rec.height} in {seconds:.1f} s")
     return 0
 
@@ -296,13 +299,7 @@ def cmd_export(args, progress: Progress) -> int:
         rec = Reconstruction.load(args.scene)
     except SceneFileError as exc:
         raise UsageError(str(exc)) from None
-    out = OutputDir(args.output, args.overwrite)
-    try:
-        written = write_exports(rec, out.tmp, formats, conf_threshold=args.conf_threshold, progress=progress)
-        final = out.commit()
-    except BaseException:
-        out.discard()
-        raise
+    final, written = OutputDir(args.output, args.overwrite).write(rec, formats, args.conf_threshold, progress)
     _report(final, written, progress, f"{len(rec)} views")
     return 0
 

@@ -10,16 +10,13 @@ The reconstruction is never modified. The folder is written under a temporary na
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import List, Union
 
 import numpy as np
 
-from .. import conventions as conv
-from ..reconstruction import Reconstruction
+from ..reconstruction import Reconstruction, atomic_folder
 
 PathLike = Union[str, os.PathLike]
 PINHOLE = 1
@@ -81,8 +78,6 @@ def write_colmap(folder: PathLike, rec: Reconstruction, *, binary: bool = True,
         overwrite: replace an existing folder; otherwise an existing folder is an error.
     """
     folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder}: exists (pass overwrite=True to replace it)")
     if int(stride) != stride or stride < 1:
         raise ValueError(f"stride: expected an integer >= 1, got {stride!r}")
     views, xyz, rgb, uv = _points(rec, conf_threshold, int(stride), max_points, seed)
@@ -98,19 +93,9 @@ def write_colmap(folder: PathLike, rec: Reconstruction, *, binary: bool = True,
         idx_in_image[sel] = np.arange(len(sel))
         per_image.append(sel)
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    try:
-        if binary:
-            _write_binary(tmp, rec, k_orig, names, per_image, uv, point_ids, views, xyz, rgb, idx_in_image)
-        else:
-            _write_text(tmp, rec, k_orig, names, per_image, uv, point_ids, views, xyz, rgb, idx_in_image)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_folder(folder, overwrite) as tmp:
+        write = _write_binary if binary else _write_text
+        write(tmp, rec, k_orig, names, per_image, uv, point_ids, views, xyz, rgb, idx_in_image)
     return folder
 
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
 
-from ..reconstruction import Reconstruction
+from ..reconstruction import Reconstruction, atomic_folder
 from .nerfstudio import depth_to_uint16
 
 PathLike = Union[str, os.PathLike]
@@ -62,11 +60,7 @@ def write_depth_images(folder: PathLike, rec: Reconstruction, *, colour: bool = 
     """Per view: ``<name>_depth.png`` (colour), ``<name>_conf.png`` (colour, when the model
     gives confidence), ``<name>_depth16.png`` (16-bit), ``<name>_preview.png`` (photo | depth)."""
     folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder}: exists (pass overwrite=True to replace it)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    try:
+    with atomic_folder(folder, overwrite) as tmp:
         unit = None
         if raw16:
             _, unit = depth_to_uint16(rec.depth)
@@ -85,10 +79,4 @@ def write_depth_images(folder: PathLike, rec: Reconstruction, *, colour: bool = 
             (tmp / "depth_units.json").write_text(json.dumps({
                 "unit": unit, "meaning": "depth = png_value * unit (z-depth; 0 = no depth)",
                 "metric": rec.is_metric}, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder

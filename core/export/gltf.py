@@ -12,7 +12,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Union
 
 import numpy as np
 

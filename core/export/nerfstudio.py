@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -21,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .. import conventions as conv
-from ..reconstruction import Reconstruction
+from ..reconstruction import Reconstruction, atomic_folder
 from .ply import write_point_ply
 
 PathLike = Union[str, os.PathLike]
@@ -54,11 +52,7 @@ def write_nerfstudio(folder: PathLike, rec: Reconstruction, *, points: bool = Tr
     ``depth_unit_scale_factor`` (pass it to nerfstudio's dataparser option of that name).
     """
     folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder}: exists (pass overwrite=True to replace it)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    try:
+    with atomic_folder(folder, overwrite) as tmp:
         (tmp / "images").mkdir()
         c2w = conv.opencv_w2c_to_opengl_c2w(rec.extrinsics)
         unit = None
@@ -92,10 +86,4 @@ def write_nerfstudio(folder: PathLike, rec: Reconstruction, *, points: bool = Tr
             write_point_ply(tmp / "sparse_pc.ply", rec, conf_threshold=conf_threshold, stride=point_stride)
             meta["ply_file_path"] = "sparse_pc.ply"
         (tmp / "transforms.json").write_text(json.dumps(meta, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
