@@ -16,7 +16,7 @@ the principal point half a pixel smaller than ours).  TSDF fusion uses the tenso
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -272,8 +272,9 @@ def render_offscreen(geometry, params, *, linear_colors: bool = True):
     import copy
 
     geom = copy.deepcopy(geometry)
-    if linear_colors and geom.has_vertex_colors() if hasattr(geom, "has_vertex_colors") else geom.has_colors():
-        attr = "vertex_colors" if hasattr(geom, "vertex_colors") else "colors"
+    attr = "vertex_colors" if hasattr(geom, "vertex_colors") else "colors"
+    has_colors = geom.has_vertex_colors() if attr == "vertex_colors" else geom.has_colors()
+    if linear_colors and has_colors:
         c = np.asarray(getattr(geom, attr))
         setattr(geom, attr, o3d.utility.Vector3dVector(np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)))
     w, h = params.intrinsic.width, params.intrinsic.height

@@ -13,7 +13,6 @@ import pytest
 o3d = pytest.importorskip("open3d")
 
 from da3_plugins import open3d as da3o3d  # noqa: E402
-from da3_plugins.core import conventions as conv  # noqa: E402
 from da3_plugins.core.geometry import chamfer_and_fscore, nearest_distances  # noqa: E402
 from da3_plugins.core.reconstruction import Reconstruction  # noqa: E402
 from da3_plugins.core.synthetic import make_scene  # noqa: E402
