@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: venv test bench clean-venv
+.PHONY: venv test bench blender-addon clean-venv
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_network.py
+
+blender-addon: $(STAMP)
+	$(VENV)/bin/da3p blender build -o dist
 
 clean-venv:
 	rm -rf $(VENV)

@@ -363,6 +363,17 @@ def cmd_info(args, progress: Progress) -> int:
     return 0
 
 
+def cmd_blender_build(args, progress: Progress) -> int:
+    from da3_plugins.blender_build import build_extension
+
+    try:
+        path = build_extension(args.output)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"Built {path}. Install it in Blender: Edit > Preferences > Get Extensions > Install from Disk.")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -412,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="preset name, hub repo id, model folder or .safetensors file")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info, progress="none")
+
+    b = sub.add_parser("blender", help="the Blender extension")
+    bsub = b.add_subparsers(dest="blender_command", required=True)
+    bb = bsub.add_parser("build", help="build the installable extension .zip")
+    bb.add_argument("-o", "--output", default="dist", help="folder for the zip (default dist/)")
+    bb.set_defaults(func=cmd_blender_build, progress="none")
     return p
 
 

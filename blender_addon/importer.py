@@ -1,0 +1,200 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Build Blender data from a DA3 reconstruction (bpy + numpy only, no torch).
+
+Cameras, the point cloud and its display are created in one new collection; every axis
+conversion comes from the core's conventions module (vendored into the extension unchanged).
+Nothing is left behind when building fails half-way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import bpy
+from mathutils import Matrix
+
+from ._vendor import conventions as conv
+from ._vendor.reconstruction import Reconstruction
+
+POINTS_GROUP = "DA3 Points"
+POINT_MATERIAL = "DA3 Point Colour"
+COLOR_ATTRIBUTE = "da3_color"
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    c = np.asarray(c, np.float32)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def _image(name: str, pixels: np.ndarray):
+    """A packed Blender image from (H, W, 3) uint8 RGB (Blender's rows go bottom-up)."""
+    h, w = pixels.shape[:2]
+    img = bpy.data.images.new(name, width=w, height=h, alpha=False)
+    rgba = np.ones((h, w, 4), np.float32)
+    rgba[..., :3] = pixels[::-1].astype(np.float32) / 255.0
+    img.pixels.foreach_set(rgba.ravel())
+    img.pack()
+    return img
+
+
+def _camera(name: str, rec: Reconstruction, i: int, collection, background: bool):
+    settings = conv.blender_camera_from_intrinsics(rec.intrinsics[i], rec.width, rec.height)
+    data = bpy.data.cameras.new(name)
+    data.sensor_fit = settings["sensor_fit"]
+    data.sensor_width = settings["sensor_width"]
+    data.sensor_height = settings["sensor_height"]
+    data.lens = settings["lens"]
+    data.shift_x, data.shift_y = settings["shift_x"], settings["shift_y"]
+    obj = bpy.data.objects.new(name, data)
+    obj.matrix_world = Matrix(conv.opencv_w2c_to_blender_matrix_world(rec.extrinsics[i]).tolist())
+    for key in ("resolution_x", "resolution_y", "pixel_aspect_x", "pixel_aspect_y"):
+        obj[f"da3_{key}"] = settings[key]
+    obj["da3_view"] = i
+    obj["da3_image_name"] = rec.image_names[i]
+    if background:
+        bg = data.background_images.new()
+        bg.image = _image(f"{name} photo", rec.images[i])
+        bg.alpha = 1.0
+        bg.display_depth = "BACK"
+        data.show_background_images = True
+    collection.objects.link(obj)
+    return obj
+
+
+def _points_node_group():
+    group = bpy.data.node_groups.get(POINTS_GROUP)
+    if group is not None:
+        return group
+    group = bpy.data.node_groups.new(POINTS_GROUP, "GeometryNodeTree")
+    iface = group.interface
+    iface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    thr = iface.new_socket("Confidence Threshold", in_out="INPUT", socket_type="NodeSocketFloat")
+    thr.default_value = 0.0
+    size = iface.new_socket("Point Size", in_out="INPUT", socket_type="NodeSocketFloat")
+    size.default_value = 0.005
+    size.min_value = 0.0
+    iface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes, links = group.nodes, group.links
+    g_in = nodes.new("NodeGroupInput")
+    g_out = nodes.new("NodeGroupOutput")
+    conf = nodes.new("GeometryNodeInputNamedAttribute")
+    conf.data_type = "FLOAT"
+    conf.inputs["Name"].default_value = "confidence"
+    compare = nodes.new("FunctionNodeCompare")
+    compare.data_type = "FLOAT"
+    compare.operation = "GREATER_EQUAL"
+    to_points = nodes.new("GeometryNodeMeshToPoints")
+    set_mat = nodes.new("GeometryNodeSetMaterial")
+    set_mat.inputs["Material"].default_value = _point_material()
+    links.new(conf.outputs["Attribute"], compare.inputs[0])
+    links.new(g_in.outputs["Confidence Threshold"], compare.inputs[1])
+    links.new(g_in.outputs["Geometry"], to_points.inputs["Mesh"])
+    links.new(compare.outputs["Result"], to_points.inputs["Selection"])
+    links.new(g_in.outputs["Point Size"], to_points.inputs["Radius"])
+    links.new(to_points.outputs["Points"], set_mat.inputs["Geometry"])
+    links.new(set_mat.outputs["Geometry"], g_out.inputs["Geometry"])
+    return group
+
+
+def _point_material():
+    mat = bpy.data.materials.get(POINT_MATERIAL)
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new(POINT_MATERIAL)
+    mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    for node in list(nodes):
+        if node.type != "OUTPUT_MATERIAL":
+            nodes.remove(node)
+    output = next(n for n in nodes if n.type == "OUTPUT_MATERIAL")
+    # unlit: the points show the photos' colours under any lighting, in renders too
+    attr = nodes.new("ShaderNodeAttribute")
+    attr.attribute_type = "GEOMETRY"
+    attr.attribute_name = COLOR_ATTRIBUTE
+    emit = nodes.new("ShaderNodeEmission")
+    emit.inputs["Strength"].default_value = 1.0
+    links.new(attr.outputs["Color"], emit.inputs["Color"])
+    links.new(emit.outputs["Emission"], output.inputs["Surface"])
+    return mat
+
+
+def _point_object(name: str, rec: Reconstruction, stride: int, collection, threshold: float):
+    cloud = rec.points(conf_threshold=None, stride=stride)
+    n = len(cloud)
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(n)
+    mesh.vertices.foreach_set("co", conv.points_to_blender(cloud.positions.astype(np.float64)).astype(np.float32).ravel())
+    conf = mesh.attributes.new("confidence", "FLOAT", "POINT")
+    conf.data.foreach_set("value", cloud.confidence.astype(np.float32))
+    view = mesh.attributes.new("view", "INT", "POINT")
+    view.data.foreach_set("value", cloud.view.astype(np.int32))
+    # not "color": Cycles does not look that name up on point clouds (renders black)
+    col = mesh.attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
+    rgba = np.ones((n, 4), np.float32)
+    rgba[:, :3] = srgb_to_linear(cloud.colors.astype(np.float32) / 255.0)
+    col.data.foreach_set("color", rgba.ravel())
+    mesh.color_attributes.active_color = col
+    mesh.update()
+    obj = bpy.data.objects.new(name, mesh)
+    mod = obj.modifiers.new("DA3 Points", "NODES")
+    mod.node_group = _points_node_group()
+    socket = {s.name: s.identifier for s in mod.node_group.interface.items_tree if getattr(s, "in_out", "") == "INPUT"}
+    mod[socket["Confidence Threshold"]] = float(threshold)
+    mod[socket["Point Size"]] = float(_point_size(rec))
+    obj.data.materials.append(_point_material())
+    collection.objects.link(obj)
+    return obj
+
+
+def _point_size(rec: Reconstruction) -> float:
+    """Radius close to the spacing of neighbouring pixels at the median depth."""
+    valid = np.isfinite(rec.depth) & (rec.depth > 0)
+    depth = float(np.median(rec.depth[valid])) if valid.any() else 1.0
+    return 0.6 * depth / float(np.median(rec.intrinsics[:, 0, 0]))
+
+
+def set_threshold(obj, value: float) -> None:
+    mod = obj.modifiers.get("DA3 Points")
+    ident = next(s.identifier for s in mod.node_group.interface.items_tree
+                 if getattr(s, "in_out", "") == "INPUT" and s.name == "Confidence Threshold")
+    mod[ident] = float(value)
+    obj.update_tag()
+
+
+def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool = True, points: bool = True,
+                background: bool = True, stride: int = 1, conf_threshold=None):
+    """Create a collection ``name`` holding the cameras and the point cloud of ``rec``.
+
+    Returns the collection.  On any error everything created so far is removed again.
+    """
+    context = context or bpy.context
+    before = {attr: set(getattr(bpy.data, attr)) for attr in ("objects", "meshes", "cameras", "images", "collections")}
+    try:
+        coll = bpy.data.collections.new(name)
+        context.scene.collection.children.link(coll)
+        coll["da3_model"] = rec.model
+        coll["da3_is_metric"] = bool(rec.is_metric)
+        coll["da3_units"] = "metres" if rec.is_metric else "relative"
+        coll["da3_camera_source"] = rec.camera_source
+        coll["da3_options"] = str(rec.options)
+        if cameras:
+            for i in range(rec.num_views):
+                cam = _camera(f"{name} camera {i:03d}", rec, i, coll, background)
+                if i == 0:
+                    context.scene.camera = cam
+                    context.scene.render.resolution_x = cam["da3_resolution_x"]
+                    context.scene.render.resolution_y = cam["da3_resolution_y"]
+                    context.scene.render.pixel_aspect_x = cam["da3_pixel_aspect_x"]
+                    context.scene.render.pixel_aspect_y = cam["da3_pixel_aspect_y"]
+                    context.scene.render.resolution_percentage = 100
+        if points:
+            thr = rec.default_conf_threshold() if conf_threshold == "auto" else (conf_threshold or 0.0)
+            _point_object(f"{name} points", rec, stride, coll, thr)
+        return coll
+    except BaseException:
+        for attr, old in before.items():
+            store = getattr(bpy.data, attr)
+            for item in list(store):
+                if item not in old:
+                    store.remove(item)
+        raise
