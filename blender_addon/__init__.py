@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Depth Anything 3 for Blender: import DA3 reconstructions (.npz scene files).
+"""Depth Anything 3 for Blender: import DA3 reconstructions (.npz scene files) and reconstruct
+photos through a ``da3p worker`` process of the user's own Python environment.
 
 The add-on needs only bpy and numpy (no torch); the scene-file reader and the camera
 conventions are the core's own numpy modules, vendored into ``_vendor/`` by the build.
@@ -7,6 +8,7 @@ conventions are the core's own numpy modules, vendored into ``_vendor/`` by the 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -92,6 +94,8 @@ class DA3_PT_display(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         layout.operator(DA3_OT_import_scene.bl_idname, icon="IMPORT")
+        layout.operator("da3.reconstruct", icon="IMAGE_DATA")
+        layout.operator("da3.stop_worker", icon="CANCEL")
         obj = _da3_points(context)
         if obj is None:
             layout.label(text="Select an imported DA3 point cloud")
@@ -125,11 +129,222 @@ class DA3_OT_toggle_cameras(bpy.types.Operator):
         return {"FINISHED"}
 
 
+# --------------------------------------------------------------------------- worker
+
+_WORKER = {"client": None}
+
+
+def _prefs(context):
+    addon = context.preferences.addons.get(__package__)
+    return addon.preferences if addon is not None else None
+
+
+def _client(context):
+    from .worker_client import WorkerClient, find_executable
+
+    prefs = _prefs(context)
+    configured = prefs.executable if prefs is not None else ""
+    device = prefs.device if prefs is not None else "auto"
+    client = _WORKER["client"]
+    if client is not None and client.alive:
+        return client
+    exe = find_executable(configured)
+    _WORKER["client"] = client = WorkerClient(exe or configured, device=device)
+    return client
+
+
+def stop_worker() -> bool:
+    client = _WORKER["client"]
+    _WORKER["client"] = None
+    if client is not None and client.alive:
+        client.stop()
+        return True
+    return False
+
+
+class DA3_OT_reconstruct(bpy.types.Operator):
+    """Reconstruct a folder of photos (or a video) with DA3 in the worker process and import the result"""
+
+    bl_idname = "da3.reconstruct"
+    bl_label = "Reconstruct from Images"
+    bl_options = {"REGISTER", "UNDO"}
+
+    directory: StringProperty(name="Images", subtype="DIR_PATH", description="Folder of photos")
+    filepath: StringProperty(name="Video", subtype="FILE_PATH", description="A video file instead of a folder")
+    model: StringProperty(name="Model", default="", description="Model folder or hub id (empty: the official default)")
+    process_res: IntProperty(name="Resolution", default=504, min=14, max=2016, step=14)
+    ref_view: EnumProperty(name="Reference View", default="saddle_balanced", items=[
+        ("saddle_balanced", "Balanced", ""), ("saddle_sim_range", "Similarity Range", ""),
+        ("first", "First", ""), ("middle", "Middle", "")])
+    ray_pose: BoolProperty(name="Ray Pose", default=False, description="Cameras from the ray map")
+    gaussians: BoolProperty(name="Gaussians", default=False, description="Predict 3D Gaussians (giant / nested)")
+    threshold: FloatProperty(name="Confidence Threshold", default=0.0, min=0.0)
+
+    _timer = None
+
+    def _request(self, context):
+        import tempfile
+
+        src = self.filepath if self.filepath else self.directory
+        if not src or not os.path.exists(bpy.path.abspath(src)):
+            raise ValueError(f"no such folder or video: {src or '(none given)'}")
+        model = self.model.strip()
+        if model and not os.path.exists(os.path.expanduser(model)) and not bpy.app.online_access:
+            raise ValueError(f"{model} would be downloaded, but Blender's online access is off "
+                             "(Preferences > System > Network); use a local model folder")
+        self._tmp = tempfile.mkdtemp(prefix="da3_")
+        self._source = src
+        client = _client(context)
+        fields = dict(inputs=[bpy.path.abspath(src)], output=os.path.join(self._tmp, "out"), export="scene",
+                      options=dict(process_res=self.process_res, ref_view_strategy=self.ref_view,
+                                   use_ray_pose=self.ray_pose, infer_gs=self.gaussians))
+        if model:
+            fields["model"] = os.path.expanduser(model)
+        return client, client.request("reconstruct", **fields)
+
+    def _finish(self, context, event: dict):
+        import shutil
+
+        try:
+            if event["event"] != "done":
+                self.report({"ERROR"}, f"DA3 worker: {event.get('message', event)}")
+                return {"CANCELLED"}
+            from ._vendor.reconstruction import Reconstruction
+            from .importer import build_scene
+
+            rec = Reconstruction.load(event["files"]["scene"])
+            name = os.path.basename(os.path.normpath(self._source)) or "DA3"
+            build_scene(rec, name, context=context, conf_threshold=self.threshold or None)
+            self.report({"INFO"}, f"Reconstructed {len(rec)} views of {name}")
+            return {"FINISHED"}
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def execute(self, context):
+        # blocking path (scripts, background mode); the UI uses invoke + modal
+        from .worker_client import WorkerError
+
+        try:
+            client, rid = self._request(context)
+            event = client.wait(rid)
+        except (ValueError, WorkerError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return self._finish(context, event)
+
+    def invoke(self, context, event):
+        from .worker_client import WorkerError
+
+        try:
+            self._client, self._rid = self._request(context)
+        except (ValueError, WorkerError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.2, window=context.window)
+        wm.progress_begin(0, 100)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def _end_modal(self, context):
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        wm.progress_end()
+        context.workspace.status_text_set(None)
+
+    def modal(self, context, event):
+        from .worker_client import WorkerError
+
+        if event.type == "ESC":
+            self._end_modal(context)
+            stop_worker()  # terminates the running reconstruction
+            import shutil
+
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self.report({"WARNING"}, "DA3 reconstruction cancelled")
+            return {"CANCELLED"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        try:
+            for ev in self._client.poll():
+                final = self._client.interpret(ev, self._rid, self._progress(context))
+                if final is not None:
+                    self._end_modal(context)
+                    return self._finish(context, final)
+        except WorkerError as exc:
+            self._end_modal(context)
+            stop_worker()
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return {"RUNNING_MODAL"}
+
+    def _progress(self, context):
+        def show(ev):
+            total = max(1, int(ev.get("total", 1)))
+            context.window_manager.progress_update(int(100 * ev.get("done", 0) / total))
+            context.workspace.status_text_set(f"DA3 {ev.get('stage')}: {ev.get('done')}/{total} {ev.get('message', '')}"
+                                              "  (Esc to cancel)")
+        return show
+
+
+class DA3_OT_stop_worker(bpy.types.Operator):
+    """Stop the DA3 worker process and free its memory"""
+
+    bl_idname = "da3.stop_worker"
+    bl_label = "Stop Worker"
+
+    def execute(self, context):
+        self.report({"INFO"}, "DA3 worker stopped" if stop_worker() else "No DA3 worker running")
+        return {"FINISHED"}
+
+
+class DA3_OT_test_worker(bpy.types.Operator):
+    """Start the DA3 worker and check that it answers"""
+
+    bl_idname = "da3.test_worker"
+    bl_label = "Test"
+
+    def execute(self, context):
+        from .worker_client import WorkerError
+
+        try:
+            client = _client(context)
+            event = client.wait(client.request("ping"), timeout=120)
+        except WorkerError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"da3-plugins {event.get('version')} answers ({client.executable})")
+        return {"FINISHED"}
+
+
+class DA3_AddonPreferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    executable: StringProperty(name="da3p Executable", subtype="FILE_PATH", default="",
+                               description="da3p (or python) of an environment with da3-plugins installed; "
+                                           "empty: da3p on PATH")
+    device: EnumProperty(name="Device", default="auto", items=[
+        ("auto", "Automatic", ""), ("cpu", "CPU", ""), ("cuda", "CUDA", ""), ("mps", "Apple MPS", "")])
+
+    def draw(self, context):
+        from .worker_client import find_executable
+
+        layout = self.layout
+        row = layout.row()
+        row.prop(self, "executable")
+        row.operator(DA3_OT_test_worker.bl_idname)
+        found = find_executable(self.executable)
+        layout.label(text=f"Using: {found}" if found else "da3p not found: pip install da3-plugins, then set its path")
+        layout.prop(self, "device")
+        layout.operator(DA3_OT_stop_worker.bl_idname, icon="CANCEL")
+
+
 def _menu_import(self, context):
     self.layout.operator(DA3_OT_import_scene.bl_idname, text="DA3 Reconstruction (.npz)")
 
 
-CLASSES = (DA3_OT_import_scene, DA3_FH_import_scene, DA3_OT_toggle_cameras, DA3_PT_display)
+CLASSES = (DA3_OT_import_scene, DA3_FH_import_scene, DA3_OT_toggle_cameras, DA3_OT_reconstruct, DA3_OT_stop_worker,
+           DA3_OT_test_worker, DA3_AddonPreferences, DA3_PT_display)
 
 
 def register():
@@ -139,6 +354,7 @@ def register():
 
 
 def unregister():
+    stop_worker()
     bpy.types.TOPBAR_MT_file_import.remove(_menu_import)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

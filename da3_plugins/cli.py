@@ -424,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info, progress="none")
 
+    wk = sub.add_parser("worker", help="serve requests as JSON lines on stdin/stdout, keeping models loaded",
+                        add_help=False)
+    wk.add_argument("rest", nargs=argparse.REMAINDER)
+
     b = sub.add_parser("blender", help="the Blender extension")
     bsub = b.add_subparsers(dest="blender_command", required=True)
     bb = bsub.add_parser("build", help="build the installable extension .zip")
@@ -442,6 +446,16 @@ def _conf_threshold(text: str):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"]:
+        from da3_plugins.worker import main as worker_main
+
+        return worker_main(argv[1:])
+    if argv[:1] == ["--version"]:
+        from da3_plugins import __version__
+
+        print(f"da3p {__version__}")
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits with 2 on usage errors
     progress = Progress(getattr(args, "progress", "none"))

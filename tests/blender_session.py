@@ -126,6 +126,32 @@ def main(zip_path: str, work: str) -> dict:
     big = next(o for o in bpy.data.collections["big"].objects if o.type == "MESH")
     out["million_points"] = len(big.data.vertices)
 
+    # --- reconstruct through the worker (blocking path), then failing workers
+    prefs = bpy.context.preferences.addons["bl_ext.user_default.da3_plugins"].preferences
+    prefs.executable = str(work / "da3p")
+    prefs.device = "cpu"
+    n_before = len(bpy.data.objects)
+    res = bpy.ops.da3.reconstruct(directory=str(work / "photos"), model=str(work / "model"), process_res=56)
+    out["worker_result"] = sorted(res)
+    made = bpy.data.collections.get("photos")
+    out["worker_cameras"] = 0 if made is None else sum(o.type == "CAMERA" for o in made.objects)
+    out["worker_objects_added"] = len(bpy.data.objects) - n_before
+    t = time.perf_counter()
+    bpy.ops.da3.reconstruct(directory=str(work / "photos"), model=str(work / "model"), process_res=56)
+    out["worker_second_seconds"] = time.perf_counter() - t
+    res = bpy.ops.da3.stop_worker()
+    failures = {}
+    for name in ("missing", "crash", "garbage"):
+        prefs.executable = str(work / f"fake_{name}")
+        n_objects = len(bpy.data.objects)
+        try:
+            r = bpy.ops.da3.reconstruct(directory=str(work / "photos"), model=str(work / "model"), process_res=56)
+            failures[name] = [sorted(r), len(bpy.data.objects) - n_objects]
+        except RuntimeError as exc:
+            failures[name] = ["ERROR", str(exc).strip().splitlines()[-1], len(bpy.data.objects) - n_objects]
+        bpy.ops.da3.stop_worker()
+    out["worker_failures"] = failures
+
     # --- uninstall: classes, menu entries and file handler gone
     repos = [r.module for r in bpy.context.preferences.extensions.repos]
     bpy.ops.extensions.package_uninstall(repo_index=repos.index("user_default"), pkg_id="da3_plugins")

@@ -18,6 +18,7 @@ pytest.importorskip("bpy")
 
 from da3_plugins.blender_build import build_extension  # noqa: E402
 from da3_plugins.core import conventions as conv  # noqa: E402
+from da3_plugins.core import random_model  # noqa: E402
 from da3_plugins.core.reconstruction import Reconstruction  # noqa: E402
 from da3_plugins.core.synthetic import make_scene  # noqa: E402
 
@@ -60,6 +61,18 @@ def session(tmp_path_factory):
                          intrinsics=np.tile(np.array([[400.0, 0, 250], [0, 400, 250], [0, 0, 1]]), (n, 1, 1)),
                          conf=np.full((n, h, w), 2.0, np.float32))
     big.save(work / "big.npz")
+    # the worker: this environment's da3p, a small random model, three photos
+    random_model("da3-small").save_pretrained(work / "model")
+    (work / "photos").mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(work / "photos" / f"p{i}.png")
+    (work / "da3p").symlink_to(Path(sys.executable).with_name("da3p"))
+    (work / "fake_crash").write_text("#!/bin/sh\necho 'worker exploded' >&2\nexit 3\n")
+    (work / "fake_garbage").write_text("#!/bin/sh\nread line\necho 'this is not JSON'\nsleep 5\n")
+    for f in ("fake_crash", "fake_garbage"):
+        (work / f).chmod(0o755)
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(work / "user"), XDG_CACHE_HOME=str(work / "cache"),
                HOME=str(work / "home"))
     res = subprocess.run([sys.executable, str(ROOT / "tests" / "blender_session.py"), str(zip_path), str(work)],
@@ -139,3 +152,18 @@ def test_a_million_points_import_quickly(session):
     assert session["million_points"] == 1_000_000
     print(f"1,000,000 points imported in {session['million_seconds']:.2f} s")
     assert session["million_seconds"] < 10  # the benchmark figure is printed; 3 s measured here
+
+
+def test_reconstruct_through_the_worker(session):
+    assert session["worker_result"] == ["FINISHED"]
+    assert session["worker_cameras"] == 3 and session["worker_objects_added"] == 4
+    print(f"second reconstruction (model already loaded): {session['worker_second_seconds']:.2f} s")
+
+
+def test_failing_workers_report_and_change_nothing(session):
+    for name, result in session["worker_failures"].items():
+        assert result[0] in (["CANCELLED"], "ERROR"), (name, result)
+        assert result[-1] == 0, (name, result)  # no objects created
+    assert "not found" in session["worker_failures"]["missing"][1]
+    assert "exploded" in session["worker_failures"]["crash"][1]
+    assert "unexpected" in session["worker_failures"]["garbage"][1]
