@@ -6,7 +6,6 @@ The add-on needs only bpy and numpy (no torch); the scene-file reader and the ca
 conventions are the core's own numpy modules, vendored into ``_vendor/`` by the build.
 """
 
-from __future__ import annotations
 
 import os
 import time

@@ -33,7 +33,7 @@ def main(zip_path: str, work: str) -> dict:
 
     # --- import the synthetic ground truth
     truth = np.load(work / "truth.npz")
-    before = len(bpy.data.objects)
+
     t = time.perf_counter()
     res = bpy.ops.import_scene.da3_npz(filepath=str(work / "scene.npz"), threshold_mode="NONE")
     out["import_seconds"] = time.perf_counter() - t

@@ -61,7 +61,7 @@ def test_requests_keep_the_model_loaded(setup):
 def test_cancel_mid_run_leaves_nothing(setup):
     client = wc.WorkerClient(DA3P, device="cpu")
     out = setup / "cancelled"
-    rid = client.request("reconstruct", inputs=[str(setup / "photos")], output=str(out), model=str(setup / "model"),
+    client.request("reconstruct", inputs=[str(setup / "photos")], output=str(out), model=str(setup / "model"),
                          options={"process_res": 504})
     # wait until inference starts, then cancel
     deadline = time.time() + 120
