@@ -153,6 +153,61 @@ def _point_size(rec: Reconstruction) -> float:
     return 0.6 * depth / float(np.median(rec.intrinsics[:, 0, 0]))
 
 
+def depth_mesh_faces(depth: np.ndarray, valid: np.ndarray, max_ratio: float = 1.1) -> np.ndarray:
+    """Quads (M, 4) of vertex indices over the pixel grid (row-major), without the quads that
+    touch an invalid pixel or span a depth discontinuity (max/min depth of the 4 corners above
+    ``max_ratio``)."""
+    h, w = depth.shape
+    idx = np.arange(h * w).reshape(h, w)
+    corners = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], -1).reshape(-1, 4)
+    d = depth.reshape(-1)[corners]
+    ok = valid.reshape(-1)[corners].all(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ok &= d.max(1) <= max_ratio * d.min(1)
+    return corners[ok]
+
+
+def _depth_mesh(name: str, rec: Reconstruction, i: int, collection, stride: int, conf_threshold):
+    """The view's depth map as a triangle-free quad grid, UV-mapped onto its photo."""
+    thr = rec.default_conf_threshold() if conf_threshold == "auto" else conf_threshold
+    valid = rec.valid_mask(thr)[i][::stride, ::stride]
+    world = rec.world_points()[i][::stride, ::stride]
+    depth = rec.depth[i][::stride, ::stride]
+    h, w = depth.shape
+    faces = depth_mesh_faces(depth, valid)
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(h * w)
+    mesh.vertices.foreach_set("co", conv.points_to_blender(world.reshape(-1, 3).astype(np.float64)).astype(np.float32).ravel())
+    mesh.loops.add(4 * len(faces))
+    mesh.loops.foreach_set("vertex_index", faces.ravel().astype(np.int32))
+    mesh.polygons.add(len(faces))
+    mesh.polygons.foreach_set("loop_start", np.arange(0, 4 * len(faces), 4, dtype=np.int32))
+    mesh.polygons.foreach_set("loop_total", np.full(len(faces), 4, np.int32))
+    # UVs: the pixel centre of each corner in the photo (v up)
+    rows, cols = np.divmod(faces.ravel(), w)
+    uv = np.stack([(cols * stride + 0.5) / rec.width, 1.0 - (rows * stride + 0.5) / rec.height], -1)
+    layer = mesh.uv_layers.new(name="photo")
+    layer.data.foreach_set("uv", uv.astype(np.float32).ravel())
+    mesh.update(calc_edges=True)
+    mesh.validate(clean_customdata=False)
+    mat = bpy.data.materials.new(f"{name} photo")
+    mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    for node in list(nodes):
+        if node.type != "OUTPUT_MATERIAL":
+            nodes.remove(node)
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image = _image(f"{name} texture", rec.images[i])
+    emit = nodes.new("ShaderNodeEmission")
+    links.new(tex.outputs["Color"], emit.inputs["Color"])
+    links.new(emit.outputs["Emission"], next(n for n in nodes if n.type == "OUTPUT_MATERIAL").inputs["Surface"])
+    mesh.materials.append(mat)
+    obj = bpy.data.objects.new(name, mesh)
+    obj["da3_view"] = i
+    collection.objects.link(obj)
+    return obj
+
+
 def set_threshold(obj, value: float) -> None:
     mod = obj.modifiers.get("DA3 Points")
     ident = next(s.identifier for s in mod.node_group.interface.items_tree
@@ -162,13 +217,15 @@ def set_threshold(obj, value: float) -> None:
 
 
 def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool = True, points: bool = True,
-                background: bool = True, stride: int = 1, conf_threshold=None):
+                background: bool = True, stride: int = 1, conf_threshold=None, depth_meshes: bool = False,
+                mesh_stride: int = 2):
     """Create a collection ``name`` holding the cameras and the point cloud of ``rec``.
 
     Returns the collection.  On any error everything created so far is removed again.
     """
     context = context or bpy.context
-    before = {attr: set(getattr(bpy.data, attr)) for attr in ("objects", "meshes", "cameras", "images", "collections")}
+    before = {attr: set(getattr(bpy.data, attr))
+              for attr in ("objects", "meshes", "cameras", "images", "collections", "materials")}
     try:
         coll = bpy.data.collections.new(name)
         context.scene.collection.children.link(coll)
@@ -190,6 +247,9 @@ def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool =
         if points:
             thr = rec.default_conf_threshold() if conf_threshold == "auto" else (conf_threshold or 0.0)
             _point_object(f"{name} points", rec, stride, coll, thr)
+        if depth_meshes:
+            for i in range(rec.num_views):
+                _depth_mesh(f"{name} depth {i:03d}", rec, i, coll, mesh_stride, conf_threshold)
         return coll
     except BaseException:
         for attr, old in before.items():

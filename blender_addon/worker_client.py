@@ -54,7 +54,8 @@ class WorkerClient:
         self.stderr_tail: List[str] = []
         self._next_id = 0
         threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_thread.start()
 
     def _read_stdout(self) -> None:
         for line in self.proc.stdout:
@@ -82,8 +83,15 @@ class WorkerClient:
         if not self.alive:
             raise WorkerError(f"the worker has exited (code {self.proc.returncode}): {self.last_error_line()}")
         self._next_id += 1
-        self.proc.stdin.write(json.dumps({"id": self._next_id, "cmd": cmd, **fields}) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps({"id": self._next_id, "cmd": cmd, **fields}) + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # it died between the check and the write
+            try:
+                code = self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise WorkerError(f"the worker has exited (code {code}): {self.last_error_line()}") from None
         return self._next_id
 
     def poll(self) -> list:
@@ -124,6 +132,8 @@ class WorkerClient:
         return event
 
     def last_error_line(self) -> str:
+        if self.proc.poll() is not None:
+            self._stderr_thread.join(timeout=2)  # let the reader drain what the process wrote
         lines = [x for x in self.stderr_tail if x.strip()]
         return lines[-1] if lines else "no message"
 

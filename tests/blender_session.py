@@ -119,6 +119,19 @@ def main(zip_path: str, work: str) -> dict:
     bpy.ops.render.render(write_still=True)
     out["render"] = str(work / "render.png")
 
+    # --- depth meshes: faces only where the depth is continuous, UVs onto the photo
+    bpy.ops.import_scene.da3_npz(filepath=str(work / "scene.npz"), threshold_mode="NONE", points=False,
+                                 cameras=False, depth_meshes=True)
+    dm = sorted((o for o in bpy.data.collections["scene.001"].objects if o.type == "MESH"), key=lambda o: o["da3_view"])
+    out["depth_meshes"] = len(dm)
+    m = dm[0].data
+    out["depth_mesh_faces"] = len(m.polygons)
+    co = np.zeros(len(m.vertices) * 3, np.float32)
+    m.vertices.foreach_get("co", co)
+    used = np.unique([v for p in m.polygons for v in p.vertices])
+    out["depth_mesh_vertices_used"] = int(len(used))
+    np.save(work / "depth_mesh_vertices.npy", co.reshape(-1, 3)[used])
+
     # --- a million points
     t = time.perf_counter()
     bpy.ops.import_scene.da3_npz(filepath=str(work / "big.npz"), threshold_mode="NONE", background=False)

@@ -167,3 +167,12 @@ def test_failing_workers_report_and_change_nothing(session):
     assert "not found" in session["worker_failures"]["missing"][1]
     assert "exploded" in session["worker_failures"]["crash"][1]
     assert "unexpected" in session["worker_failures"]["garbage"][1]
+
+
+def test_depth_meshes_lie_on_the_surface(session):
+    scene = make_scene(num_views=4, height=84, width=112, seed=5)
+    assert session["depth_meshes"] == 4 and session["depth_mesh_faces"] > 1000
+    pts = np.load(session["work"] / "depth_mesh_vertices.npy").astype(np.float64)
+    # back from Blender's world to the DA3 world (the inverse of points_to_blender)
+    da3 = pts @ conv.CV_WORLD_TO_BLENDER_WORLD[:3, :3]
+    assert scene.distance_to_surface(da3).max() < 1e-3 * scene.extent
