@@ -30,6 +30,8 @@ class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
     background: BoolProperty(name="Photos as Backgrounds", default=True,
                              description="Each camera shows its photo as background image")
     points: BoolProperty(name="Point Cloud", default=True)
+    gaussians: BoolProperty(name="Gaussians", default=True,
+                            description="DA3's 3D Gaussians (when the scene has them), previewed as coloured ellipsoids")
     depth_meshes: BoolProperty(name="Depth Meshes", default=False,
                                description="One mesh per view from its depth map, textured with its photo")
     stride: IntProperty(name="Pixel Stride", default=1, min=1, max=64,
@@ -55,7 +57,7 @@ class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
         try:
             coll = build_scene(rec, path.stem, context=context, cameras=self.cameras, points=self.points,
                                background=self.background, stride=self.stride, conf_threshold=conf,
-                               depth_meshes=self.depth_meshes)
+                               depth_meshes=self.depth_meshes, gaussians=self.gaussians)
         except Exception as exc:  # report, leave the scene as it was (build_scene cleans up)
             self.report({"ERROR"}, f"{path.name}: import failed: {type(exc).__name__}: {exc}")
             return {"CANCELLED"}

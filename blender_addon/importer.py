@@ -208,6 +208,89 @@ def _depth_mesh(name: str, rec: Reconstruction, i: int, collection, stride: int,
     return obj
 
 
+SH_C0 = 0.28209479177387814
+SPLATS_GROUP = "DA3 Splats"
+
+
+def _splats_node_group():
+    group = bpy.data.node_groups.get(SPLATS_GROUP)
+    if group is not None:
+        return group
+    group = bpy.data.node_groups.new(SPLATS_GROUP, "GeometryNodeTree")
+    iface = group.interface
+    iface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    thr = iface.new_socket("Opacity Threshold", in_out="INPUT", socket_type="NodeSocketFloat")
+    thr.default_value = 0.1
+    size = iface.new_socket("Size", in_out="INPUT", socket_type="NodeSocketFloat")
+    size.default_value = 2.0
+    iface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes, links = group.nodes, group.links
+    g_in, g_out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
+
+    def named(name, data_type):
+        node = nodes.new("GeometryNodeInputNamedAttribute")
+        node.data_type = data_type
+        node.inputs["Name"].default_value = name
+        return node.outputs["Attribute"]
+
+    compare = nodes.new("FunctionNodeCompare")
+    compare.data_type = "FLOAT"
+    compare.operation = "GREATER_EQUAL"
+    links.new(named("opacity", "FLOAT"), compare.inputs[0])
+    links.new(g_in.outputs["Opacity Threshold"], compare.inputs[1])
+    to_points = nodes.new("GeometryNodeMeshToPoints")
+    links.new(g_in.outputs["Geometry"], to_points.inputs["Mesh"])
+    links.new(compare.outputs["Result"], to_points.inputs["Selection"])
+    sphere = nodes.new("GeometryNodeMeshIcoSphere")
+    sphere.inputs["Radius"].default_value = 1.0
+    sphere.inputs["Subdivisions"].default_value = 1
+    scale = nodes.new("ShaderNodeVectorMath")
+    scale.operation = "SCALE"
+    links.new(named("scale", "FLOAT_VECTOR"), scale.inputs[0])
+    links.new(g_in.outputs["Size"], scale.inputs["Scale"])
+    inst = nodes.new("GeometryNodeInstanceOnPoints")
+    links.new(to_points.outputs["Points"], inst.inputs["Points"])
+    links.new(sphere.outputs["Mesh"], inst.inputs["Instance"])
+    links.new(named("rotation", "QUATERNION"), inst.inputs["Rotation"])
+    links.new(scale.outputs["Vector"], inst.inputs["Scale"])
+    set_mat = nodes.new("GeometryNodeSetMaterial")
+    set_mat.inputs["Material"].default_value = _point_material()
+    links.new(inst.outputs["Instances"], set_mat.inputs["Geometry"])
+    links.new(set_mat.outputs["Geometry"], g_out.inputs["Geometry"])
+    return group
+
+
+def _gaussian_object(name: str, rec: Reconstruction, collection, max_count: int = 500_000):
+    """DA3's Gaussians as points with position, scale, rotation, opacity and colour attributes,
+    previewed as oriented coloured ellipsoids (1 sigma x Size) by the "DA3 Splats" modifier."""
+    gs = rec.gaussians
+    idx = np.arange(len(gs))
+    if len(idx) > max_count:  # keep the most opaque
+        idx = np.sort(np.argsort(-gs.opacities)[:max_count])
+    n = len(idx)
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(n)
+    mesh.vertices.foreach_set("co", conv.points_to_blender(gs.means[idx].astype(np.float64)).astype(np.float32).ravel())
+    attrs = {
+        "scale": ("FLOAT_VECTOR", "vector", gs.scales[idx].astype(np.float32)),
+        "rotation": ("QUATERNION", "value", conv.orientations_to_blender(gs.rotations[idx]).astype(np.float32)),
+        "opacity": ("FLOAT", "value", gs.opacities[idx].astype(np.float32)),
+    }
+    rgb = np.clip(0.5 + SH_C0 * gs.harmonics[idx, :, 0], 0, 1)
+    rgba = np.ones((n, 4), np.float32)
+    rgba[:, :3] = srgb_to_linear(rgb)
+    attrs[COLOR_ATTRIBUTE] = ("FLOAT_COLOR", "color", rgba)
+    for key, (kind, prop, values) in attrs.items():
+        mesh.attributes.new(key, kind, "POINT").data.foreach_set(prop, values.ravel())
+    mesh.update()
+    obj = bpy.data.objects.new(name, mesh)
+    mod = obj.modifiers.new("DA3 Splats", "NODES")
+    mod.node_group = _splats_node_group()
+    obj.data.materials.append(_point_material())
+    collection.objects.link(obj)
+    return obj
+
+
 def set_threshold(obj, value: float) -> None:
     mod = obj.modifiers.get("DA3 Points")
     ident = next(s.identifier for s in mod.node_group.interface.items_tree
@@ -218,7 +301,7 @@ def set_threshold(obj, value: float) -> None:
 
 def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool = True, points: bool = True,
                 background: bool = True, stride: int = 1, conf_threshold=None, depth_meshes: bool = False,
-                mesh_stride: int = 2):
+                mesh_stride: int = 2, gaussians: bool = True):
     """Create a collection ``name`` holding the cameras and the point cloud of ``rec``.
 
     Returns the collection.  On any error everything created so far is removed again.
@@ -247,6 +330,8 @@ def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool =
         if points:
             thr = rec.default_conf_threshold() if conf_threshold == "auto" else (conf_threshold or 0.0)
             _point_object(f"{name} points", rec, stride, coll, thr)
+        if gaussians and rec.gaussians is not None:
+            _gaussian_object(f"{name} gaussians", rec, coll)
         if depth_meshes:
             for i in range(rec.num_views):
                 _depth_mesh(f"{name} depth {i:03d}", rec, i, coll, mesh_stride, conf_threshold)

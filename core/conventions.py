@@ -113,6 +113,42 @@ def points_to_blender(points: np.ndarray) -> np.ndarray:
     return p @ CV_WORLD_TO_BLENDER_WORLD[:3, :3].T.astype(p.dtype if p.dtype.kind == "f" else np.float64)
 
 
+def rotation_to_quaternion(r: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) as (w, x, y, z) with w >= 0."""
+    r = np.asarray(r, np.float64)
+    # the largest eigenvector of Bar-Itzhack's symmetric 4x4 matrix: robust for any rotation
+    k = np.zeros(r.shape[:-2] + (4, 4))
+    k[..., 0, 0] = r[..., 0, 0] - r[..., 1, 1] - r[..., 2, 2]
+    k[..., 1, 1] = r[..., 1, 1] - r[..., 0, 0] - r[..., 2, 2]
+    k[..., 2, 2] = r[..., 2, 2] - r[..., 0, 0] - r[..., 1, 1]
+    k[..., 3, 3] = r[..., 0, 0] + r[..., 1, 1] + r[..., 2, 2]
+    k[..., 1, 0] = k[..., 0, 1] = r[..., 0, 1] + r[..., 1, 0]
+    k[..., 2, 0] = k[..., 0, 2] = r[..., 0, 2] + r[..., 2, 0]
+    k[..., 2, 1] = k[..., 1, 2] = r[..., 1, 2] + r[..., 2, 1]
+    k[..., 3, 0] = k[..., 0, 3] = r[..., 2, 1] - r[..., 1, 2]
+    k[..., 3, 1] = k[..., 1, 3] = r[..., 0, 2] - r[..., 2, 0]
+    k[..., 3, 2] = k[..., 2, 3] = r[..., 1, 0] - r[..., 0, 1]
+    vals, vecs = np.linalg.eigh(k / 3.0)
+    xyzw = np.take_along_axis(vecs, np.argmax(vals, -1)[..., None, None], -1)[..., 0]
+    q = np.concatenate([xyzw[..., 3:], xyzw[..., :3]], -1)
+    return np.where(q[..., :1] < 0, -q, q)
+
+
+def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
+    """Unit quaternions (..., 4) as (w, x, y, z) -> rotation matrices (..., 3, 3)."""
+    q = np.asarray(q, np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    w, x, y, z = np.moveaxis(q, -1, 0)
+    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+                     2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+                     2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1).reshape(q.shape[:-1] + (3, 3))
+
+
+def orientations_to_blender(q: np.ndarray) -> np.ndarray:
+    """Orientations of objects in the DA3 world (w, x, y, z) -> the same in Blender's world."""
+    return rotation_to_quaternion(CV_WORLD_TO_BLENDER_WORLD[:3, :3] @ quaternion_to_rotation(q))
+
+
 def opencv_w2c_to_blender_matrix_world(w2c: np.ndarray) -> np.ndarray:
     """OpenCV world-to-camera -> a Blender camera object's ``matrix_world`` (..., 4, 4).
 

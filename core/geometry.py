@@ -74,9 +74,7 @@ def apply_sim3_to_w2c(w2c: np.ndarray, r: np.ndarray, t: np.ndarray, s: float) -
 
 
 def _rot_to_quat(r: np.ndarray) -> np.ndarray:
-    from .export.colmap import rotation_to_qvec
-
-    return np.stack([rotation_to_qvec(m) for m in r])
+    return conv.rotation_to_quaternion(r)
 
 
 def relative_pose_errors(pred_w2c: np.ndarray, gt_w2c: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

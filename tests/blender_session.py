@@ -132,6 +132,20 @@ def main(zip_path: str, work: str) -> dict:
     out["depth_mesh_vertices_used"] = int(len(used))
     np.save(work / "depth_mesh_vertices.npy", co.reshape(-1, 3)[used])
 
+    # --- Gaussians: attributes and the instanced preview
+    bpy.ops.import_scene.da3_npz(filepath=str(work / "splats.npz"), threshold_mode="NONE", cameras=False)
+    splats = next(o for o in bpy.data.collections["splats"].objects if o.modifiers.get("DA3 Splats"))
+    out["splat_count"] = len(splats.data.vertices)
+    dg = bpy.context.evaluated_depsgraph_get()
+    dg.update()
+    geo = splats.evaluated_get(dg).evaluated_geometry()
+    out["splat_instances"] = 0 if geo.instances_pointcloud() is None else len(geo.instances_pointcloud().points)
+    from mathutils import Quaternion
+
+    rot = np.zeros(12, np.float32)
+    splats.data.attributes["rotation"].data.foreach_get("value", rot)
+    out["splat_long_axis"] = list(Quaternion(rot[:4].tolist()).to_matrix() @ Vector((1, 0, 0)))
+
     # --- a million points
     t = time.perf_counter()
     bpy.ops.import_scene.da3_npz(filepath=str(work / "big.npz"), threshold_mode="NONE", background=False)

@@ -61,6 +61,14 @@ def session(tmp_path_factory):
                          intrinsics=np.tile(np.array([[400.0, 0, 250], [0, 400, 250], [0, 0, 1]]), (n, 1, 1)),
                          conf=np.full((n, h, w), 2.0, np.float32))
     big.save(work / "big.npz")
+    # Gaussians: 3 along the x axis, stretched along their own x, turned 90 degrees about z
+    from da3_plugins.core.reconstruction import GaussianSet
+
+    q = np.tile([np.cos(np.pi / 4), 0, 0, np.sin(np.pi / 4)], (3, 1))
+    gs = GaussianSet(means=np.array([[0, 0, 3.0], [0.5, 0, 3], [1, 0, 3]]), scales=np.tile([0.2, 0.02, 0.02], (3, 1)),
+                     rotations=q, harmonics=np.zeros((3, 3, 9)), opacities=np.array([0.9, 0.05, 0.8]))
+    Reconstruction(images=rec.images[:1], depth=rec.depth[:1], extrinsics=rec.extrinsics[:1],
+                   intrinsics=rec.intrinsics[:1], gaussians=gs).save(work / "splats.npz")
     # the worker: this environment's da3p, a small random model, three photos
     random_model("da3-small").save_pretrained(work / "model")
     (work / "photos").mkdir()
@@ -176,3 +184,11 @@ def test_depth_meshes_lie_on_the_surface(session):
     # back from Blender's world to the DA3 world (the inverse of points_to_blender)
     da3 = pts @ conv.CV_WORLD_TO_BLENDER_WORLD[:3, :3]
     assert scene.distance_to_surface(da3).max() < 1e-3 * scene.extent
+
+
+def test_gaussian_preview(session):
+    assert session["splat_count"] == 3
+    assert session["splat_instances"] == 2  # the opacity threshold 0.1 hides one
+    # the long axis (DA3 world y after the 90-degree turn about z) in Blender's world
+    long_axis = conv.points_to_blender(np.array([[0.0, 1.0, 0.0]]))[0]
+    assert abs(abs(np.dot(session["splat_long_axis"], long_axis)) - 1) < 1e-5

@@ -127,3 +127,18 @@ def test_blender_camera_reproduces_opencv_projection():
             # Blender: x to the right from 0 at the left edge, y up from 0 at the bottom edge
             np.testing.assert_allclose([ndc.x * w, (1 - ndc.y) * h], [u, v], atol=1e-3)
         bpy.data.objects.remove(obj)
+
+
+def test_quaternion_round_trip_and_blender_orientation():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(50, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q[q[:, 0] < 0] *= -1
+    r = conv.quaternion_to_rotation(q)
+    np.testing.assert_allclose(r @ np.swapaxes(r, -1, -2), np.tile(np.eye(3), (50, 1, 1)), atol=1e-12)
+    np.testing.assert_allclose(conv.rotation_to_quaternion(r), q, atol=1e-9)
+    # an object's local x axis, turned by its orientation, maps like a point direction
+    qb = conv.orientations_to_blender(q)
+    axis_world = r[:, :, 0]
+    axis_blender = conv.quaternion_to_rotation(qb)[:, :, 0]
+    np.testing.assert_allclose(axis_blender, conv.points_to_blender(axis_world), atol=1e-9)

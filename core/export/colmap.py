@@ -16,6 +16,7 @@ from typing import List, Union
 
 import numpy as np
 
+from .. import conventions as conv
 from ..reconstruction import Reconstruction, atomic_folder
 
 PathLike = Union[str, os.PathLike]
@@ -23,19 +24,8 @@ PINHOLE = 1
 
 
 def rotation_to_qvec(r: np.ndarray) -> np.ndarray:
-    """3x3 rotation -> unit quaternion (w, x, y, z) with w >= 0."""
-    r = np.asarray(r, np.float64)
-    # the eigenvector of the symmetric 4x4 K matrix (Bar-Itzhack), robust for any rotation
-    k = np.array([
-        [r[0, 0] - r[1, 1] - r[2, 2], 0, 0, 0],
-        [r[0, 1] + r[1, 0], r[1, 1] - r[0, 0] - r[2, 2], 0, 0],
-        [r[0, 2] + r[2, 0], r[1, 2] + r[2, 1], r[2, 2] - r[0, 0] - r[1, 1], 0],
-        [r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1], r[0, 0] + r[1, 1] + r[2, 2]],
-    ]) / 3.0
-    vals, vecs = np.linalg.eigh(k)
-    x, y, z, w = vecs[:, np.argmax(vals)]
-    q = np.array([w, x, y, z])
-    return -q if q[0] < 0 else q
+    """3x3 rotation -> COLMAP's qvec (w, x, y, z), w >= 0."""
+    return conv.rotation_to_quaternion(r)
 
 
 def _file_names(rec: Reconstruction) -> List[str]:
