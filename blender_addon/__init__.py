@@ -183,15 +183,27 @@ class DA3_OT_reconstruct(bpy.types.Operator):
     ray_pose: BoolProperty(name="Ray Pose", default=False, description="Cameras from the ray map")
     gaussians: BoolProperty(name="Gaussians", default=False, description="Predict 3D Gaussians (giant / nested)")
     threshold: FloatProperty(name="Confidence Threshold", default=0.0, min=0.0)
+    files: bpy.props.CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
+    create_cameras: BoolProperty(name="Cameras", default=True)
+    create_points: BoolProperty(name="Point Cloud", default=True)
+    create_depth_meshes: BoolProperty(name="Depth Meshes", default=False)
 
     _timer = None
 
     def _request(self, context):
         import tempfile
 
+        picked = [os.path.join(self.directory, f.name) for f in self.files if f.name]
         src = self.filepath if self.filepath else self.directory
-        if not src or not os.path.exists(bpy.path.abspath(src)):
+        if picked:
+            inputs = [bpy.path.abspath(p) for p in picked]
+            missing = [p for p in inputs if not os.path.isfile(p)]
+            if missing:
+                raise ValueError(f"no such file: {missing[0]}")
+        elif not src or not os.path.exists(bpy.path.abspath(src)):
             raise ValueError(f"no such folder or video: {src or '(none given)'}")
+        else:
+            inputs = [bpy.path.abspath(src)]
         model = self.model.strip()
         if model and not os.path.exists(os.path.expanduser(model)) and not bpy.app.online_access:
             raise ValueError(f"{model} would be downloaded, but Blender's online access is off "
@@ -199,7 +211,7 @@ class DA3_OT_reconstruct(bpy.types.Operator):
         self._tmp = tempfile.mkdtemp(prefix="da3_")
         self._source = src
         client = _client(context)
-        fields = dict(inputs=[bpy.path.abspath(src)], output=os.path.join(self._tmp, "out"), export="scene",
+        fields = dict(inputs=inputs, output=os.path.join(self._tmp, "out"), export="scene",
                       options=dict(process_res=self.process_res, ref_view_strategy=self.ref_view,
                                    use_ray_pose=self.ray_pose, infer_gs=self.gaussians))
         if model:
@@ -218,7 +230,9 @@ class DA3_OT_reconstruct(bpy.types.Operator):
 
             rec = Reconstruction.load(event["files"]["scene"])
             name = os.path.basename(os.path.normpath(self._source)) or "DA3"
-            build_scene(rec, name, context=context, conf_threshold=self.threshold or None)
+            build_scene(rec, name, context=context, conf_threshold=self.threshold or None,
+                        cameras=self.create_cameras, points=self.create_points,
+                        depth_meshes=self.create_depth_meshes, gaussians=self.gaussians)
             self.report({"INFO"}, f"Reconstructed {len(rec)} views of {name}")
             return {"FINISHED"}
         finally:
