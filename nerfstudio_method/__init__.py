@@ -1,0 +1,1 @@
+"""nerfstudio integration: the da3-data dataparser (see dataparser.py)."""

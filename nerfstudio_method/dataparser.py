@@ -1,0 +1,222 @@
+"""``da3-data``: a COLMAP-free nerfstudio dataparser that gets cameras, seed points and depth
+from Depth Anything 3.
+
+    ns-train splatfacto da3-data --data photos/ --model /path/to/DA3-MODEL
+    ns-train nerfacto   da3-data --data scene.npz          # a saved DA3 scene
+
+``--data`` is a folder of images, a video, or a scene file (``.npz``) written by
+``da3p reconstruct``.  DA3 runs once through the core and its result is cached on disk under
+``<data>/.da3_cache/<key>/`` (or ``--cache-dir``), keyed by the images (names, sizes, times),
+the model and the options, so a second run does not recompute.  Poses go through the core's
+conventions module (OpenGL camera-to-world), then nerfstudio's usual orientation, centring and
+scaling; the seed points and depth maps are transformed the same way.
+
+This module does not import nerfstudio's trainer (a registered dataparser must not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Literal, Optional, Type
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nerfstudio.cameras import camera_utils
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.data.utils.dataparsers_utils import get_train_eval_split_fraction
+from nerfstudio.plugins.registry_dataparser import DataParserSpecification
+
+from da3_plugins.core import conventions as conv
+from da3_plugins.core.reconstruction import Reconstruction
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class DA3DataParserConfig(DataParserConfig):
+    """Cameras, seed points and depth from Depth Anything 3 instead of COLMAP."""
+
+    _target: Type = field(default_factory=lambda: DA3DataParser)
+    data: Path = Path()
+    """A folder of images, a video, or a DA3 scene file (.npz)."""
+    model: str = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
+    """DA3 model: a folder with config.json + model.safetensors, a .safetensors file, or a hub id."""
+    device: str = "auto"
+    """Where DA3 runs (auto, cpu, cuda, mps)."""
+    process_res: int = 504
+    """DA3 input resolution (longest side)."""
+    ref_view_strategy: str = "saddle_balanced"
+    use_ray_pose: bool = False
+    fps: float = 2.0
+    """Frames per second sampled from a video."""
+    cache_dir: Optional[Path] = None
+    """Where DA3 results are cached (default: <data>/.da3_cache, or beside the video/scene file)."""
+    conf_threshold: float = -1.0
+    """Seed points need confidence >= this; -1 uses the official percentile rule."""
+    max_points: int = 200_000
+    """At most this many seed points (a seeded random subset)."""
+    orientation_method: Literal["pca", "up", "vertical", "none"] = "up"
+    center_method: Literal["poses", "focus", "none"] = "poses"
+    auto_scale_poses: bool = True
+    scale_factor: float = 1.0
+    scene_scale: float = 1.0
+    train_split_fraction: float = 0.9
+    load_depth: bool = True
+    """Write DA3's depth maps as 16-bit PNGs and pass them on for depth-supervised methods."""
+
+
+class DA3DataParser(DataParser):
+    config: DA3DataParserConfig
+
+    # ------------------------------------------------------------------ DA3 result (cached)
+
+    def _cache_root(self) -> Path:
+        data = Path(self.config.data)
+        if self.config.cache_dir is not None:
+            return Path(self.config.cache_dir)
+        return (data if data.is_dir() else data.parent) / ".da3_cache"
+
+    def _key(self, files: List[Path]) -> str:
+        h = hashlib.sha1()
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        c = self.config
+        h.update(json.dumps([CACHE_VERSION, c.model, c.process_res, c.ref_view_strategy, c.use_ray_pose, c.fps]).encode())
+        return h.hexdigest()[:16]
+
+    def reconstruction(self) -> "tuple[Reconstruction, List[Path], bool]":
+        """-> (rec, image files nerfstudio reads, whether intrinsics are for the original photos)."""
+        from da3_plugins.core.images import IMAGE_EXTENSIONS, list_images
+
+        data = Path(self.config.data)
+        if not data.exists():
+            raise ValueError(f"--data {data}: no such file or folder")
+        if data.suffix == ".npz":
+            rec = Reconstruction.load(data)  # SceneFileError names the file
+            return rec, self._write_images(rec, self._cache_root() / f"{data.stem}-images"), False
+        if data.is_dir():
+            files = list_images(data)
+            if not files:
+                raise ValueError(f"--data {data}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS[:5])} ...)")
+        else:
+            files = [data]  # a video
+        folder = self._cache_root() / self._key(files)
+        scene = folder / "scene.npz"
+        if scene.is_file():
+            rec = Reconstruction.load(scene)
+        else:
+            from da3_plugins.core import load_model
+
+            model = load_model(self.config.model, device=self.config.device)
+            if not model.predicts_cameras:
+                raise ValueError(f"--model {self.config.model}: {model.preset} predicts no cameras; "
+                                 "use an any-view model (da3-small/base/large/giant or the nested model)")
+            rec = model.reconstruct([str(data)] if not data.is_dir() else [str(f) for f in files],
+                                    process_res=self.config.process_res,
+                                    ref_view_strategy=self.config.ref_view_strategy,
+                                    use_ray_pose=self.config.use_ray_pose, fps=self.config.fps)
+            rec.save(scene)
+        if data.is_dir():
+            return rec, files, True
+        return rec, self._write_images(rec, folder / "images"), False
+
+    @staticmethod
+    def _write_images(rec: Reconstruction, folder: Path) -> List[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for name, img in zip(rec.image_names, rec.images):
+            path = folder / f"{name}.png"
+            if not path.is_file():
+                Image.fromarray(img).save(path)
+            out.append(path)
+        return out
+
+    # ------------------------------------------------------------------ nerfstudio outputs
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
+        c = self.config
+        rec, files, original = self.reconstruction()
+        if rec.camera_source == "none":
+            raise ValueError(f"--data {c.data}: this scene has no cameras (a monocular model made it)")
+        if original:
+            k = rec.intrinsics_original
+            hw = rec.original_sizes
+        else:
+            k = rec.intrinsics
+            hw = np.tile([rec.height, rec.width], (len(rec), 1))
+
+        poses = torch.from_numpy(conv.opencv_w2c_to_opengl_c2w(rec.extrinsics)).float()  # (N, 4, 4)
+        poses, transform = camera_utils.auto_orient_and_center_poses(
+            poses, method=c.orientation_method, center_method=c.center_method)
+        scale = 1.0
+        if c.auto_scale_poses:
+            scale /= float(torch.max(torch.abs(poses[:, :3, 3])))
+        scale *= c.scale_factor
+        poses[:, :3, 3] *= scale
+
+        i_train, i_eval = get_train_eval_split_fraction(files, c.train_split_fraction)
+        if split == "train":
+            indices = i_train
+        elif split in ("val", "test"):
+            indices = i_eval
+        else:
+            raise ValueError(f"unknown dataparser split {split}")
+        idx = torch.tensor(indices, dtype=torch.long)
+
+        aabb = c.scene_scale
+        cameras = Cameras(
+            fx=torch.from_numpy(k[:, 0, 0]).float()[idx, None], fy=torch.from_numpy(k[:, 1, 1]).float()[idx, None],
+            cx=torch.from_numpy(k[:, 0, 2]).float()[idx, None], cy=torch.from_numpy(k[:, 1, 2]).float()[idx, None],
+            height=torch.from_numpy(hw[:, 0]).int()[idx, None], width=torch.from_numpy(hw[:, 1]).int()[idx, None],
+            camera_to_worlds=poses[idx], camera_type=CameraType.PERSPECTIVE)
+
+        thr = None if c.conf_threshold < 0 else c.conf_threshold
+        cloud = rec.points(conf_threshold="auto" if thr is None else thr)
+        pts = cloud.positions.astype(np.float64)
+        colors = cloud.colors
+        if len(pts) > c.max_points:
+            pick = np.sort(np.random.default_rng(0).choice(len(pts), c.max_points, replace=False))
+            pts, colors = pts[pick], colors[pick]
+        pts_t = torch.from_numpy(pts).float()
+        pts_t = (torch.cat([pts_t, torch.ones_like(pts_t[:, :1])], -1) @ transform.T) * scale
+        metadata = {"points3D_xyz": pts_t, "points3D_rgb": torch.from_numpy(colors.astype(np.uint8))}
+        if c.load_depth:
+            depth_files, unit = self._write_depth(rec)
+            metadata["depth_filenames"] = [depth_files[i] for i in indices]
+            metadata["depth_unit_scale_factor"] = unit
+
+        return DataparserOutputs(
+            image_filenames=[Path(files[i]) for i in indices],
+            cameras=cameras,
+            scene_box=SceneBox(aabb=torch.tensor([[-aabb] * 3, [aabb] * 3], dtype=torch.float32)),
+            dataparser_scale=scale,
+            dataparser_transform=transform,
+            metadata=metadata,
+        )
+
+    def _write_depth(self, rec: Reconstruction):
+        from da3_plugins.core.export.nerfstudio import depth_to_uint16
+
+        folder = self._cache_root() / f"depth-{hashlib.sha1(rec.depth.tobytes()).hexdigest()[:12]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        _, unit = depth_to_uint16(rec.depth)
+        paths = []
+        for name, depth in zip(rec.image_names, rec.depth):
+            path = folder / f"{name}.png"
+            if not path.is_file():
+                q, _ = depth_to_uint16(depth, unit)
+                Image.fromarray(q).save(path)
+            paths.append(path)
+        return paths, unit
+
+
+da3_data = DataParserSpecification(config=DA3DataParserConfig(),
+                                   description="Depth Anything 3: cameras, seed points and depth without COLMAP")

@@ -1,0 +1,100 @@
+"""The ``da3-data`` nerfstudio dataparser against a synthetic scene's ground truth."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("nerfstudio")
+
+from da3_plugins.core import conventions as conv  # noqa: E402
+from da3_plugins.core import random_model  # noqa: E402
+from da3_plugins.core.reconstruction import SceneFileError  # noqa: E402
+from da3_plugins.core.synthetic import make_scene  # noqa: E402
+from da3_plugins.nerfstudio.dataparser import DA3DataParserConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_scene(num_views=6, height=84, width=112, seed=2)
+
+
+def _outputs(tmp_path, data, **kw):
+    cfg = DA3DataParserConfig(data=data, cache_dir=tmp_path / "cache", **kw)
+    return cfg.setup().get_dataparser_outputs(split="train")
+
+
+def test_cameras_and_seed_points_match_the_truth(scene, tmp_path):
+    path = scene.to_reconstruction(conf=np.full(scene.depth.shape, 2.0, np.float32)).save(tmp_path / "scene.npz")
+    out = _outputs(tmp_path, path, train_split_fraction=1.0)
+    assert len(out.image_filenames) == 6 and all(Path(f).is_file() for f in out.image_filenames)
+    c2w = out.cameras.camera_to_worlds.double().numpy()
+    # back through the dataparser's transform and scale to the original frame
+    t = out.dataparser_transform.double().numpy()
+    s = out.dataparser_scale
+    t_inv = np.linalg.inv(np.vstack([t, [0, 0, 0, 1]]))
+    scaled = conv.as_4x4(c2w)
+    scaled[:, :3, 3] /= s
+    back = t_inv @ scaled
+    truth = conv.opencv_w2c_to_opengl_c2w(scene.extrinsics)
+    rel = np.swapaxes(back[:, :3, :3], 1, 2) @ truth[:, :3, :3]
+    # rotation angle via atan2 (arccos of the trace is ill-conditioned near 0)
+    skew = np.stack([rel[:, 2, 1] - rel[:, 1, 2], rel[:, 0, 2] - rel[:, 2, 0], rel[:, 1, 0] - rel[:, 0, 1]], -1)
+    rot_err = np.arctan2(np.linalg.norm(skew, axis=-1) / 2, (np.trace(rel, axis1=1, axis2=2) - 1) / 2)
+    assert rot_err.max() < 1e-4
+    assert np.abs(back[:, :3, 3] - truth[:, :3, 3]).max() < 1e-4 * scene.extent
+    np.testing.assert_allclose(out.cameras.fx.numpy()[:, 0], scene.intrinsics[:, 0, 0], rtol=1e-6)
+    # seed points, mapped back, lie on the true surface
+    pts = out.metadata["points3D_xyz"].double().numpy()
+    orig = (np.concatenate([pts / s, np.ones((len(pts), 1))], 1) @ t_inv.T)[:, :3]
+    assert len(pts) > 1000 and scene.distance_to_surface(orig).max() < 1e-4 * scene.extent
+    assert out.metadata["points3D_rgb"].dtype.is_floating_point is False
+    # depth maps for depth-supervised methods
+    d = np.asarray(Image.open(out.metadata["depth_filenames"][0])) * out.metadata["depth_unit_scale_factor"]
+    np.testing.assert_allclose(d, scene.depth[0], atol=out.metadata["depth_unit_scale_factor"])
+
+
+def test_folder_of_photos_runs_da3_once_and_caches(tmp_path):
+    model_dir = random_model("da3-small").save_pretrained(tmp_path / "model")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    out = _outputs(tmp_path, photos, model=str(model_dir), device="cpu", process_res=56, train_split_fraction=0.75)
+    train = [Path(f).name for f in out.image_filenames]
+    assert len(train) == 3
+    # intrinsics at the original photo size
+    assert int(out.cameras.width[0]) == 80 and int(out.cameras.height[0]) == 60
+    caches = list((tmp_path / "cache").glob("*/scene.npz"))
+    assert len(caches) == 1
+    stamp = caches[0].stat().st_mtime_ns
+    evals = DA3DataParserConfig(data=photos, cache_dir=tmp_path / "cache", model=str(model_dir), device="cpu",
+                                process_res=56, train_split_fraction=0.75).setup().get_dataparser_outputs("val")
+    held_out = [Path(f).name for f in evals.image_filenames]
+    assert len(held_out) == 1 and sorted(train + held_out) == ["p0.png", "p1.png", "p2.png", "p3.png"]
+    assert caches[0].stat().st_mtime_ns == stamp  # not recomputed
+
+
+def test_bad_data(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        _outputs(tmp_path, empty)
+    bad = tmp_path / "other.npz"
+    np.savez(bad, depth=np.zeros((1, 2, 2)))
+    with pytest.raises(SceneFileError, match="other.npz"):
+        _outputs(tmp_path, bad)
+    with pytest.raises(ValueError, match="no such"):
+        _outputs(tmp_path, tmp_path / "missing")
+
+
+def test_registered_with_nerfstudio():
+    res = subprocess.run([str(Path(sys.executable).with_name("ns-train")), "splatfacto", "--help"],
+                         capture_output=True, text=True, timeout=300)
+    assert "da3-data" in res.stdout + res.stderr
