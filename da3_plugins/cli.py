@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 DEFAULT_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
-EXPORT_FORMATS = ("scene", "ply", "gs-ply", "glb", "colmap", "nerfstudio", "depth")
+EXPORT_FORMATS = ("scene", "ply", "gs-ply", "gs-video", "glb", "colmap", "nerfstudio", "depth")
 DEFAULT_EXPORTS = "scene,ply,glb,depth"
 
 
@@ -207,6 +207,12 @@ def write_exports(rec, folder: Path, formats: Sequence[str], *, conf_threshold, 
                 raise UsageError("--export gs-ply: the reconstruction has no Gaussians "
                                  "(use --gaussians with a model that has a Gaussian head: da3-giant, da3nested-giant-large)")
             path = ex.write_gaussian_ply(folder / "gaussians.ply", rec)
+        elif fmt == "gs-video":
+            if rec.gaussians is None:
+                raise UsageError("--export gs-video: the reconstruction has no Gaussians "
+                                 "(use --gaussians with a model that has a Gaussian head: da3-giant, da3nested-giant-large)")
+            path = ex.write_gaussian_video(folder / "gaussians.mp4", rec,
+                                           progress=lambda d, t: progress.update("video", d, t, "rendering"))
         elif fmt == "glb":
             path = ex.write_glb(folder / "scene.glb", rec, conf_threshold=conf_threshold)
         elif fmt == "colmap":
@@ -226,6 +232,7 @@ OPEN_WITH = {
     "scene": "da3p export, the Blender add-on (File > Import > DA3 Reconstruction) or Reconstruction.load",
     "ply": "MeshLab, CloudCompare, Blender, Open3D",
     "gs-ply": "a Gaussian-splat viewer (SuperSplat, gsplat, nerfstudio)",
+    "gs-video": "any video player",
     "glb": "any glTF viewer, Blender (File > Import > glTF), a web browser via gltf-viewer",
     "colmap": "COLMAP GUI, pycolmap, gsplat/nerfstudio trainers (ns-process-data skip)",
     "nerfstudio": "ns-train splatfacto --data <folder>",
@@ -262,8 +269,9 @@ def cmd_reconstruct(args, progress: Progress) -> int:
     from da3_plugins.core.images import ImageInputError, load_images
 
     formats = _parse_exports(args.export)
-    if "gs-ply" in formats and not args.gaussians:
-        raise UsageError("--export gs-ply needs --gaussians")
+    for fmt in ("gs-ply", "gs-video"):
+        if fmt in formats and not args.gaussians:
+            raise UsageError(f"--export {fmt} needs --gaussians")
     out = OutputDir(args.output, args.overwrite)
     try:
         try:

@@ -219,3 +219,39 @@ def test_interrupted_exports_leave_nothing(rec, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_depth_images(tmp_path / "depth", rec)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gaussian_video(rec, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    from da3_plugins.core.export import write_gaussian_video
+
+    with pytest.raises(ValueError, match="no Gaussians"):
+        write_gaussian_video(tmp_path / "v.mp4", rec)
+    assert list(tmp_path.iterdir()) == []
+    # smooth photos (the fixture's are noise, which no lossy video keeps)
+    yy, xx = np.mgrid[0:42, 0:56]
+    rec.images[:] = np.stack([xx * 4, yy * 5, 255 - xx * 4], -1).astype(np.uint8)
+    pts = rec.points()
+    n = len(pts)
+    z = np.linalg.norm(pts.positions - rec.camera_centers[pts.view], axis=1)
+    rec.gaussians = GaussianSet(means=pts.positions, scales=np.repeat((z / 60.0)[:, None], 3, 1),
+                                rotations=np.tile([1.0, 0, 0, 0], (n, 1)),
+                                harmonics=((pts.colors / 255.0 - 0.5) / 0.28209479177387814)[:, :, None],
+                                opacities=np.full(n, 0.95))
+    ticks = []
+    path = write_gaussian_video(tmp_path / "v.mp4", rec, frames=5, fps=5, scale=1.0,
+                                progress=lambda d, t: ticks.append(d))
+    assert ticks == [1, 2, 3, 4, 5]
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame[..., ::-1])
+    cap.release()
+    assert len(frames) == 5 and frames[0].shape == (42, 56, 3)
+    # the first frame is rendered from camera 0: it looks like its photo (mp4 is lossy)
+    diff = np.abs(frames[0].astype(float) - rec.images[0]).mean()
+    assert diff < 12, diff
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
