@@ -61,19 +61,24 @@ def _camera(name: str, rec: Reconstruction, i: int, collection, background: bool
     return obj
 
 
+def _new_group(name: str, floats):
+    """A Geometry Nodes group: geometry in, the named float inputs (name, default), geometry out."""
+    group = bpy.data.node_groups.new(name, "GeometryNodeTree")
+    iface = group.interface
+    iface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    for label, default in floats:
+        sock = iface.new_socket(label, in_out="INPUT", socket_type="NodeSocketFloat")
+        sock.default_value = default
+        sock.min_value = 0.0
+    iface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    return group
+
+
 def _points_node_group():
     group = bpy.data.node_groups.get(POINTS_GROUP)
     if group is not None:
         return group
-    group = bpy.data.node_groups.new(POINTS_GROUP, "GeometryNodeTree")
-    iface = group.interface
-    iface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    thr = iface.new_socket("Confidence Threshold", in_out="INPUT", socket_type="NodeSocketFloat")
-    thr.default_value = 0.0
-    size = iface.new_socket("Point Size", in_out="INPUT", socket_type="NodeSocketFloat")
-    size.default_value = 0.005
-    size.min_value = 0.0
-    iface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    group = _new_group(POINTS_GROUP, [("Confidence Threshold", 0.0), ("Point Size", 0.005)])
     nodes, links = group.nodes, group.links
     g_in = nodes.new("NodeGroupInput")
     g_out = nodes.new("NodeGroupOutput")
@@ -216,14 +221,7 @@ def _splats_node_group():
     group = bpy.data.node_groups.get(SPLATS_GROUP)
     if group is not None:
         return group
-    group = bpy.data.node_groups.new(SPLATS_GROUP, "GeometryNodeTree")
-    iface = group.interface
-    iface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    thr = iface.new_socket("Opacity Threshold", in_out="INPUT", socket_type="NodeSocketFloat")
-    thr.default_value = 0.1
-    size = iface.new_socket("Size", in_out="INPUT", socket_type="NodeSocketFloat")
-    size.default_value = 2.0
-    iface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    group = _new_group(SPLATS_GROUP, [("Opacity Threshold", 0.1), ("Size", 2.0)])
     nodes, links = group.nodes, group.links
     g_in, g_out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
 
