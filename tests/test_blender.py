@@ -117,6 +117,7 @@ def test_install_registers_and_uninstall_cleans_up(session):
 def test_cameras_match_the_truth_through_blenders_projection(session):
     assert session["import_result"] == ["FINISHED"]
     assert session["n_cameras"] == 4
+    print(f"max projection error {session['max_projection_error_px']:.2e} px")
     assert session["max_projection_error_px"] < 0.01
 
 
