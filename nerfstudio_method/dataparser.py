@@ -181,13 +181,26 @@ class DA3DataParser(DataParser):
         thr = None if c.conf_threshold < 0 else c.conf_threshold
         cloud = rec.points(conf_threshold="auto" if thr is None else thr)
         pts = cloud.positions.astype(np.float64)
-        colors = cloud.colors
+        colors, conf, view = cloud.colors, cloud.confidence, cloud.view
         if len(pts) > c.max_points:
             pick = np.sort(np.random.default_rng(0).choice(len(pts), c.max_points, replace=False))
-            pts, colors = pts[pick], colors[pick]
+            pts, colors, conf, view = pts[pick], colors[pick], conf[pick], view[pick]
+        # footprint of a pixel at the point's depth in the view that saw it (a Gaussian per
+        # point of a subsampled cloud is wider by the square root of the subsampling)
+        ext = rec.extrinsics[view]
+        z = np.einsum("nj,nj->n", ext[:, 2, :3], pts) + ext[:, 2, 3]
+        kept = max(len(pts), 1) / max(int(rec.valid_mask().sum()), 1)
+        scales = 0.6 * z / rec.intrinsics[view, 0, 0] / np.sqrt(min(1.0, kept))
+        opacity = np.clip(1.0 - 1.0 / np.maximum(conf, 1.0), 0.05, 0.95) if rec.conf is not None else np.full(len(pts), 0.9)
         pts_t = torch.from_numpy(pts).float()
         pts_t = (torch.cat([pts_t, torch.ones_like(pts_t[:, :1])], -1) @ transform.T) * scale
-        metadata = {"points3D_xyz": pts_t, "points3D_rgb": torch.from_numpy(colors.astype(np.uint8))}
+        metadata = {"points3D_xyz": pts_t, "points3D_rgb": torch.from_numpy(colors.astype(np.uint8)),
+                     # for da3-splat: a Gaussian per seed point, about a pixel wide where it was
+                     # seen, opacity from DA3's confidence
+                     "da3_points3D_scale": torch.from_numpy(scales).float() * scale,
+                     "da3_points3D_opacity": torch.from_numpy(opacity).float()}
+        if rec.gaussians is not None:
+            metadata["da3_gaussians"] = _transform_gaussians(rec.gaussians, transform.double().numpy(), scale)
         if c.load_depth:
             depth_files, unit = self._write_depth(rec)
             metadata["depth_filenames"] = [depth_files[i] for i in indices]
@@ -216,6 +229,23 @@ class DA3DataParser(DataParser):
                 Image.fromarray(q).save(path)
             paths.append(path)
         return paths, unit
+
+
+def _transform_gaussians(gs, transform: np.ndarray, scale: float) -> dict:
+    """DA3's Gaussians carried into the dataparser's frame (x -> scale * (T x)), as tensors in
+    splatfacto's parameterisation (log scales, logit opacities, SH as (G, K, 3))."""
+    from da3_plugins.core.pipeline import transform_gaussians
+
+    moved = transform_gaussians(gs, transform[:, :3], transform[:, 3], 1.0)
+    harm = torch.from_numpy(moved.harmonics).permute(0, 2, 1).contiguous()  # (G, K, 3)
+    return {
+        "means": torch.from_numpy(moved.means).float() * scale,
+        "scales": torch.log(torch.from_numpy(moved.scales).float() * scale),
+        "quats": torch.from_numpy(moved.rotations).float(),
+        "opacities": torch.logit(torch.from_numpy(moved.opacities).float().clamp(1e-4, 1 - 1e-4))[:, None],
+        "features_dc": harm[:, 0].float(),
+        "features_rest": harm[:, 1:].float(),
+    }
 
 
 da3_data = DataParserSpecification(config=DA3DataParserConfig(),

@@ -6,9 +6,11 @@ CPU as well as GPU.
 
 It is splatfacto with three changes:
 
-* the Gaussians start from DA3's points (the ``da3-data`` dataparser's seed points): one per
-  point, scale from the nearest-neighbour spacing, opacity 0.9, colour from the photos -- a
-  usable scene at step 0; refinement (default 300 steps) only polishes it, without densification;
+* the Gaussians start from DA3's own Gaussians when the reconstruction has them (giant and
+  nested models), otherwise from DA3's points (the ``da3-data`` dataparser's seed points): one
+  per point, about a pixel wide at its depth, opacity from DA3's confidence, colour from the
+  photos -- a usable scene at step 0; refinement (default 300 steps) only polishes it, without
+  densification;
 * without CUDA it renders with the core's pure-PyTorch rasteriser (gsplat's kernels are
   CUDA-only); with CUDA it uses splatfacto's gsplat path unchanged;
 * LPIPS is skipped when its AlexNet weights are not in the torch hub cache (said in the log;
@@ -61,7 +63,9 @@ def _lpips_weights_cached() -> bool:
 class DA3SplatModelConfig(SplatfactoModelConfig):
     _target: Type = field(default_factory=lambda: DA3SplatModel)
     initial_opacity: float = 0.9
-    """Opacity of every Gaussian at step 0."""
+    """Opacity at step 0 when the seed points carry no DA3 confidence."""
+    use_da3_gaussians: bool = True
+    """Start from DA3's own Gaussians when the reconstruction has them (giant / nested models)."""
     densify: bool = False
     """Let splatfacto's strategy split, clone and prune Gaussians (needs CUDA)."""
     sh_degree: int = 3
@@ -90,24 +94,36 @@ class DA3SplatModel(SplatfactoModel):
             finally:
                 lpip.LearnedPerceptualImagePatchSimilarity = real
         self.seed_points = seed
-        means = seed[0].float()
-        n = len(means)
-        from scipy.spatial import cKDTree
-
-        dist = cKDTree(means.numpy()).query(means.numpy(), k=2)[0][:, 1]
-        scales = torch.log(torch.from_numpy(np.maximum(dist, 1e-6)).float())[:, None].repeat(1, 3)
+        meta = self.kwargs.get("metadata") or {}
         dim_sh = (self.config.sh_degree + 1) ** 2
-        shs = torch.zeros(n, dim_sh, 3)
-        shs[:, 0, :] = (seed[1].float() / 255.0 - 0.5) / SH_C0
-        quats = torch.zeros(n, 4)
-        quats[:, 0] = 1.0
-        params = {
-            "means": means, "scales": scales, "quats": quats, "features_dc": shs[:, 0, :],
-            "features_rest": shs[:, 1:, :],
-            "opacities": torch.logit(torch.full((n, 1), self.config.initial_opacity)),
-        }
+        if "da3_gaussians" in meta and self.config.use_da3_gaussians:
+            g = meta["da3_gaussians"]
+            n = len(g["means"])
+            rest = torch.zeros(n, dim_sh - 1, 3)
+            k = min(dim_sh - 1, g["features_rest"].shape[1])
+            rest[:, :k] = g["features_rest"][:, :k]
+            params = dict(g, features_rest=rest)
+            CONSOLE.print(f"da3-splat: starting from DA3's {n:,} Gaussians")
+        else:
+            means = seed[0].float()
+            n = len(means)
+            if "da3_points3D_scale" in meta:
+                scales = torch.log(meta["da3_points3D_scale"].clamp(min=1e-6))[:, None].repeat(1, 3)
+                opac = meta["da3_points3D_opacity"].clamp(1e-4, 1 - 1e-4)[:, None]
+            else:  # seed points from another dataparser: nearest-neighbour spacing
+                from scipy.spatial import cKDTree
+
+                dist = cKDTree(means.numpy()).query(means.numpy(), k=2)[0][:, 1]
+                scales = torch.log(torch.from_numpy(np.maximum(dist, 1e-6)).float())[:, None].repeat(1, 3)
+                opac = torch.full((n, 1), self.config.initial_opacity)
+            shs = torch.zeros(n, dim_sh, 3)
+            shs[:, 0, :] = (seed[1].float() / 255.0 - 0.5) / SH_C0
+            quats = torch.zeros(n, 4)
+            quats[:, 0] = 1.0
+            params = {"means": means, "scales": scales, "quats": quats, "features_dc": shs[:, 0, :],
+                      "features_rest": shs[:, 1:, :], "opacities": torch.logit(opac)}
         for name, value in params.items():
-            self.gauss_params[name] = torch.nn.Parameter(value.contiguous())
+            self.gauss_params[name] = torch.nn.Parameter(value.float().contiguous())
 
     # splatfacto's densification needs gsplat's CUDA info; without it the Gaussians stay as seeded
     def step_post_backward(self, step):

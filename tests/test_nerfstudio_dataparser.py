@@ -98,3 +98,30 @@ def test_registered_with_nerfstudio():
     res = subprocess.run([str(Path(sys.executable).with_name("ns-train")), "splatfacto", "--help"],
                          capture_output=True, text=True, timeout=300)
     assert "da3-data" in res.stdout + res.stderr
+
+
+def test_da3_gaussians_and_per_point_seeds(scene, tmp_path):
+    from da3_plugins.core.reconstruction import GaussianSet
+
+    rng = np.random.default_rng(0)
+    g = 40
+    q = rng.normal(size=(g, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    gs = GaussianSet(means=scene.sample_surface(g), scales=rng.random((g, 3)) * 0.05 + 0.01, rotations=q,
+                     harmonics=rng.normal(size=(g, 3, 9)) * 0.1, opacities=rng.random(g) * 0.9 + 0.05)
+    conf = (1 + 4 * rng.random(scene.depth.shape)).astype(np.float32)
+    rec = scene.to_reconstruction(conf=conf)
+    rec.gaussians = gs
+    out = _outputs(tmp_path, rec.save(tmp_path / "gs.npz"), train_split_fraction=1.0)
+    meta = out.metadata
+    t = np.vstack([out.dataparser_transform.double().numpy(), [0, 0, 0, 1]])
+    s = out.dataparser_scale
+    means = meta["da3_gaussians"]["means"].double().numpy()
+    back = (np.concatenate([means / s, np.ones((g, 1))], 1) @ np.linalg.inv(t).T)[:, :3]
+    np.testing.assert_allclose(back, gs.means, atol=1e-5)
+    np.testing.assert_allclose(np.exp(meta["da3_gaussians"]["scales"].numpy()), gs.scales * s, rtol=1e-5)
+    assert meta["da3_gaussians"]["features_rest"].shape == (g, 8, 3)
+    # per seed point: a scale of about a pixel at its depth, an opacity that grows with confidence
+    n = len(meta["points3D_xyz"])
+    assert meta["da3_points3D_scale"].shape == (n,) and meta["da3_points3D_opacity"].shape == (n,)
+    assert 0.05 <= float(meta["da3_points3D_opacity"].min()) and float(meta["da3_points3D_opacity"].max()) <= 0.95

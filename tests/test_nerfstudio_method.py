@@ -18,10 +18,19 @@ from da3_plugins.core.synthetic import make_scene  # noqa: E402
 BIN = Path(sys.executable).parent
 
 
-def test_train_on_cpu_and_export(tmp_path):
+@pytest.mark.parametrize("start", ["points", "da3-gaussians"])
+def test_train_on_cpu_and_export(tmp_path, start):
     plyfile = pytest.importorskip("plyfile")
     scene = make_scene(num_views=6, height=84, width=112, seed=2)
-    data = scene.to_reconstruction(conf=np.full(scene.depth.shape, 2.0, np.float32)).save(tmp_path / "scene.npz")
+    rec = scene.to_reconstruction(conf=np.full(scene.depth.shape, 2.0, np.float32))
+    if start == "da3-gaussians":
+        from da3_plugins.core.reconstruction import GaussianSet
+
+        g = 3000
+        rec.gaussians = GaussianSet(means=scene.sample_surface(g), scales=np.full((g, 3), 0.03),
+                                    rotations=np.tile([1.0, 0, 0, 0], (g, 1)), harmonics=np.zeros((g, 3, 9)),
+                                    opacities=np.full(g, 0.8))
+    data = rec.save(tmp_path / "scene.npz")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "torch"))  # no cached LPIPS weights
     train = subprocess.run(
         [str(BIN / "ns-train"), "da3-splat", "--data", str(data), "--max-num-iterations", "20",
@@ -38,6 +47,8 @@ def test_train_on_cpu_and_export(tmp_path):
     v = plyfile.PlyData.read(str(ply))["vertex"]
     ours = read_gaussian_ply(ply)
     assert v.count == len(ours) > 1000
+    if start == "da3-gaussians":
+        assert len(ours) == 3000 and "starting from DA3's 3,000 Gaussians" in train.stdout
     # trained 20 steps from DA3's points: mapped back through the dataparser's transform (saved
     # beside the config), the Gaussians still sit on the true surface
     import json
