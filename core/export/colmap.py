@@ -1,10 +1,18 @@
 """COLMAP sparse models (binary or text), numpy only.
 
-One PINHOLE camera per view at the **original** photo size (``Reconstruction.intrinsics_original``;
-COLMAP's pixel centres are at +0.5 like ours, so K is written unchanged), images with the
-world-to-camera pose as (qvec w x y z, tvec), and points3D from the depth maps, each with a
-one-element track pointing at the pixel it came from (in original image coordinates).
-The reconstruction is never modified. The folder is written under a temporary name and renamed.
+* ``cameras``: one PINHOLE camera (fx, fy, cx, cy) per view at the **original** photo size,
+  from :attr:`Reconstruction.intrinsics_original`.  COLMAP's pixel centres are at +0.5 like
+  ours (continuous coordinates), so K is written unchanged; a skew term, if any, is dropped.
+* ``images``: image i+1 uses camera i+1 and the world-to-camera pose as (qvec w x y z, tvec);
+  its name is the original photo's file name when the reconstruction knows it
+  (``options["image_files"]``), else ``<image name>.png``.
+* ``points3D``: back-projected pixels (every ``stride``-th, passing the confidence filter, not
+  sky), coloured by the processed image, with error 0 (each point lies on its pixel's ray by
+  construction) and a one-element track (image, point2D index); the image's point2D is the
+  pixel centre mapped to **original** image coordinates by the inverse ``pixel_transform``.
+
+The reconstruction is never modified.  The folder is written under a temporary name beside
+it and renamed.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import List, Union
+from typing import BinaryIO, List, NamedTuple, Union
 
 import numpy as np
 
@@ -20,128 +28,196 @@ from .. import conventions as conv
 from ..reconstruction import Reconstruction, atomic_folder
 
 PathLike = Union[str, os.PathLike]
-PINHOLE = 1
+PINHOLE = 1  # COLMAP's model id
 
 
-def rotation_to_qvec(r: np.ndarray) -> np.ndarray:
-    """3x3 rotation -> COLMAP's qvec (w, x, y, z), w >= 0."""
-    return conv.rotation_to_quaternion(r)
+class _Model(NamedTuple):
+    """Everything a COLMAP model file needs, derived from the reconstruction."""
+
+    k_orig: np.ndarray  # (N, 3, 3) K at the original sizes
+    names: List[str]  # N image names
+    qvec: np.ndarray  # (N, 4) w x y z
+    tvec: np.ndarray  # (N, 3)
+    view: np.ndarray  # (P,) source view of each point
+    xyz: np.ndarray  # (P, 3) float64 world points
+    rgb: np.ndarray  # (P, 3) uint8
+    uv: np.ndarray  # (P, 2) float64 pixel position in the original image
+    point_ids: np.ndarray  # (P,) int64, 1-based
+    idx_in_image: np.ndarray  # (P,) index of each point in its image's points2D list
+    per_image: List[np.ndarray]  # for each view, the point indices in points2D order
 
 
-def _file_names(rec: Reconstruction) -> List[str]:
+def image_file_names(rec: Reconstruction) -> List[str]:
+    """COLMAP image names: the original file names when known and unique, else ``<name>.png``."""
     files = rec.options.get("image_files")
-    if isinstance(files, list) and len(files) == rec.num_views and all(files):
+    if (isinstance(files, list) and len(files) == rec.num_views and all(files)
+            and len(set(map(str, files))) == len(files)):
         return [str(f) for f in files]
     return [f"{name}.png" for name in rec.image_names]
 
 
-def _points(rec: Reconstruction, conf_threshold, stride: int, max_points: int, seed: int):
+def _resolve_threshold(rec: Reconstruction, conf_threshold) -> Union[None, float]:
     if isinstance(conf_threshold, str):
-        conf_threshold = rec.default_conf_threshold() if conf_threshold == "auto" else float(conf_threshold)
-    mask = rec.valid_mask(conf_threshold)
-    sub = np.zeros_like(mask)
-    sub[:, ::stride, ::stride] = True
-    mask &= sub
+        if conf_threshold != "auto":
+            raise ValueError(f"conf_threshold: expected a number, None or 'auto', got {conf_threshold!r}")
+        return rec.default_conf_threshold()
+    return None if conf_threshold is None else float(conf_threshold)
+
+
+def _build(rec: Reconstruction, conf_threshold, stride: int, max_points: int, seed: int) -> _Model:
+    thr = _resolve_threshold(rec, conf_threshold)
+    mask = rec.valid_mask(thr)
+    grid = np.zeros_like(mask)
+    grid[:, ::stride, ::stride] = True
+    mask &= grid
     v, row, col = np.nonzero(mask)
     if len(v) == 0:
         raise ValueError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
     if len(v) > max_points:
         pick = np.sort(np.random.default_rng(seed).choice(len(v), max_points, replace=False))
         v, row, col = v[pick], row[pick], col[pick]
-    xyz = rec.world_points()[v, row, col].astype(np.float64)
-    rgb = rec.images[v, row, col]
-    # pixel centres, processed -> original coordinates
-    uv1 = np.stack([col + 0.5, row + 0.5, np.ones_like(col, dtype=np.float64)], -1)
-    inv = np.linalg.inv(rec.pixel_transform)
-    uv_orig = np.einsum("nij,nj->ni", inv[v], uv1)[:, :2]
-    return v, xyz, rgb, uv_orig
+    # pixel centres (continuous coordinates of the processed image), back-projected
+    u_grid, v_grid = conv.pixel_centres(rec.height, rec.width)
+    pix = np.stack([u_grid[row, col], v_grid[row, col], np.ones(len(v))], -1)  # (P, 3)
+    rays = np.einsum("pij,pj->pi", np.linalg.inv(rec.intrinsics)[v], pix)
+    cam = rays * rec.depth[v, row, col].astype(np.float64)[:, None]
+    c2w = rec.camera_to_world[v]
+    xyz = np.einsum("pij,pj->pi", c2w[:, :3, :3], cam) + c2w[:, :3, 3]
+    finite = np.isfinite(xyz).all(1)
+    v, pix, xyz = v[finite], pix[finite], xyz[finite]
+    row, col = row[finite], col[finite]
+    if len(v) == 0:
+        raise ValueError("depth: no finite point to write")
+    uv = np.einsum("pij,pj->pi", np.linalg.inv(rec.pixel_transform)[v], pix)[:, :2]
+    order = np.argsort(v, kind="stable")
+    idx_in_image = np.empty(len(v), np.int64)
+    per_image = []
+    for i in range(rec.num_views):
+        sel = order[v[order] == i]
+        idx_in_image[sel] = np.arange(len(sel))
+        per_image.append(sel)
+    return _Model(
+        k_orig=rec.intrinsics_original, names=image_file_names(rec),
+        qvec=conv.rotation_to_quaternion(rec.extrinsics[:, :3, :3]), tvec=rec.extrinsics[:, :3, 3].copy(),
+        view=v, xyz=xyz, rgb=rec.images[v, row, col], uv=uv, point_ids=np.arange(1, len(v) + 1, dtype=np.int64),
+        idx_in_image=idx_in_image, per_image=per_image)
 
 
 def write_colmap(folder: PathLike, rec: Reconstruction, *, binary: bool = True,
                  conf_threshold: Union[None, float, str] = "auto", stride: int = 2,
-                 max_points: int = 500_000, overwrite: bool = True, seed: int = 0) -> Path:
+                 max_points: int = 500_000, overwrite: bool = False, seed: int = 0) -> Path:
     """Write ``cameras``, ``images`` and ``points3D`` (``.bin`` or ``.txt``) into ``folder``.
 
+    The folder is written whole under a temporary name and renamed (an interrupted export
+    leaves nothing).  Read it with ``pycolmap.Reconstruction(folder)`` or ``colmap gui``
+    (image path: the folder of the original photos).
+
     Args:
-        stride: use every ``stride``-th pixel of each depth map (2 by default: a quarter).
+        folder: the model folder (e.g. ``.../sparse/0``).
+        rec: the reconstruction (not modified).
+        binary: ``.bin`` files (default) or ``.txt``.
+        conf_threshold: keep pixels with conf >= this; None keeps all, "auto" the official
+            percentile rule.
+        stride: every ``stride``-th pixel in both directions (2: a quarter of the pixels).
         max_points: above this, a seeded random subset of the points is kept.
-        overwrite: replace an existing folder; otherwise an existing folder is an error.
+        overwrite: replace an existing ``folder``; otherwise an existing one is an error.
+        seed: the subsampling seed.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        ValueError: no point passes the filters, or bad arguments.
+        FileExistsError: ``folder`` exists and ``overwrite`` is False.
     """
     folder = Path(folder)
     if int(stride) != stride or stride < 1:
         raise ValueError(f"stride: expected an integer >= 1, got {stride!r}")
-    views, xyz, rgb, uv = _points(rec, conf_threshold, int(stride), max_points, seed)
-    k_orig = rec.intrinsics_original
-    names = _file_names(rec)
-    point_ids = np.arange(1, len(views) + 1, dtype=np.int64)
-    # per image: its points2D in order, and each point's index within its image
-    order = np.argsort(views, kind="stable")
-    idx_in_image = np.empty(len(views), np.int64)
-    per_image = []
-    for i in range(rec.num_views):
-        sel = order[views[order] == i]
-        idx_in_image[sel] = np.arange(len(sel))
-        per_image.append(sel)
-
+    if int(max_points) != max_points or max_points < 1:
+        raise ValueError(f"max_points: expected an integer >= 1, got {max_points!r}")
+    for name in image_file_names(rec):
+        if not binary and any(ch.isspace() for ch in name):
+            raise ValueError(f"image_names: {name!r} has white space, which COLMAP's text format cannot hold; "
+                             "use binary=True")
+    model = _build(rec, conf_threshold, int(stride), int(max_points), seed)
     with atomic_folder(folder, overwrite) as tmp:
-        write = _write_binary if binary else _write_text
-        write(tmp, rec, k_orig, names, per_image, uv, point_ids, views, xyz, rgb, idx_in_image)
+        if binary:
+            with open(tmp / "cameras.bin", "wb") as fh:
+                _cameras_bin(fh, rec, model)
+            with open(tmp / "images.bin", "wb") as fh:
+                _images_bin(fh, model)
+            with open(tmp / "points3D.bin", "wb") as fh:
+                _points_bin(fh, model)
+        else:
+            with open(tmp / "cameras.txt", "w", encoding="utf-8") as fh:
+                _cameras_txt(fh, rec, model)
+            with open(tmp / "images.txt", "w", encoding="utf-8") as fh:
+                _images_txt(fh, model)
+            with open(tmp / "points3D.txt", "w", encoding="utf-8") as fh:
+                _points_txt(fh, model)
     return folder
 
 
-def _camera_rows(rec, k_orig):
+def _camera_rows(rec: Reconstruction, model: _Model):
     for i in range(rec.num_views):
         h, w = (int(x) for x in rec.original_sizes[i])
-        k = k_orig[i]
-        yield i + 1, w, h, (k[0, 0], k[1, 1], k[0, 2], k[1, 2])
+        k = model.k_orig[i]
+        yield i + 1, w, h, (float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
 
 
-def _write_binary(tmp, rec, k_orig, names, per_image, uv, point_ids, views, xyz, rgb, idx_in_image):
-    with open(tmp / "cameras.bin", "wb") as fh:
-        fh.write(struct.pack("<Q", rec.num_views))
-        for cam_id, w, h, params in _camera_rows(rec, k_orig):
-            fh.write(struct.pack("<iiQQ4d", cam_id, PINHOLE, w, h, *params))
-    with open(tmp / "images.bin", "wb") as fh:
-        fh.write(struct.pack("<Q", rec.num_views))
-        for i in range(rec.num_views):
-            q = rotation_to_qvec(rec.extrinsics[i, :3, :3])
-            t = rec.extrinsics[i, :3, 3]
-            fh.write(struct.pack("<i4d3di", i + 1, *q, *t, i + 1))
-            fh.write(names[i].encode("utf-8") + b"\x00")
-            sel = per_image[i]
-            fh.write(struct.pack("<Q", len(sel)))
-            rows = np.zeros(len(sel), dtype=[("x", "<f8"), ("y", "<f8"), ("id", "<i8")])
-            rows["x"], rows["y"], rows["id"] = uv[sel, 0], uv[sel, 1], point_ids[sel]
-            fh.write(rows.tobytes())
-    with open(tmp / "points3D.bin", "wb") as fh:
-        fh.write(struct.pack("<Q", len(point_ids)))
-        rows = np.zeros(len(point_ids), dtype=[("id", "<u8"), ("xyz", "<f8", 3), ("rgb", "u1", 3), ("err", "<f8"),
-                                               ("len", "<u8"), ("img", "<i4"), ("p2d", "<i4")])
-        rows["id"], rows["xyz"], rows["rgb"] = point_ids, xyz, rgb
-        rows["err"], rows["len"] = 0.0, 1
-        rows["img"], rows["p2d"] = views + 1, idx_in_image
+def _cameras_bin(fh: BinaryIO, rec: Reconstruction, model: _Model) -> None:
+    fh.write(struct.pack("<Q", rec.num_views))
+    for cam_id, w, h, params in _camera_rows(rec, model):
+        fh.write(struct.pack("<iiQQ4d", cam_id, PINHOLE, w, h, *params))
+
+
+def _images_bin(fh: BinaryIO, model: _Model) -> None:
+    fh.write(struct.pack("<Q", len(model.names)))
+    for i, name in enumerate(model.names):
+        fh.write(struct.pack("<i4d3di", i + 1, *model.qvec[i], *model.tvec[i], i + 1))
+        fh.write(name.encode("utf-8") + b"\x00")
+        sel = model.per_image[i]
+        fh.write(struct.pack("<Q", len(sel)))
+        rows = np.zeros(len(sel), dtype=[("x", "<f8"), ("y", "<f8"), ("id", "<i8")])
+        rows["x"], rows["y"], rows["id"] = model.uv[sel, 0], model.uv[sel, 1], model.point_ids[sel]
         fh.write(rows.tobytes())
 
 
-def _write_text(tmp, rec, k_orig, names, per_image, uv, point_ids, views, xyz, rgb, idx_in_image):
-    with open(tmp / "cameras.txt", "w") as fh:
-        fh.write("# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
-        fh.write(f"# Number of cameras: {rec.num_views}\n")
-        for cam_id, w, h, params in _camera_rows(rec, k_orig):
-            fh.write(f"{cam_id} PINHOLE {w} {h} " + " ".join(f"{float(p):.17g}" for p in params) + "\n")
-    with open(tmp / "images.txt", "w") as fh:
-        fh.write("# Image list with two lines of data per image:\n"
-                 "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n#   POINTS2D[] as (X, Y, POINT3D_ID)\n")
-        for i in range(rec.num_views):
-            q = rotation_to_qvec(rec.extrinsics[i, :3, :3])
-            t = rec.extrinsics[i, :3, 3]
-            fh.write(f"{i + 1} " + " ".join(f"{float(x):.17g}" for x in (*q, *t)) + f" {i + 1} {names[i]}\n")
-            sel = per_image[i]
-            fh.write(" ".join(f"{uv[j, 0]:.17g} {uv[j, 1]:.17g} {point_ids[j]}" for j in sel) + "\n")
-    with open(tmp / "points3D.txt", "w") as fh:
-        fh.write("# 3D point list with one line of data per point:\n"
-                 "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
-        for j in range(len(point_ids)):
-            x, y, z = xyz[j]
-            r, g, b = rgb[j]
-            fh.write(f"{point_ids[j]} {x:.17g} {y:.17g} {z:.17g} {r} {g} {b} 0.0 {views[j] + 1} {idx_in_image[j]}\n")
+def _points_bin(fh: BinaryIO, model: _Model) -> None:
+    n = len(model.point_ids)
+    fh.write(struct.pack("<Q", n))
+    rows = np.zeros(n, dtype=[("id", "<u8"), ("xyz", "<f8", 3), ("rgb", "u1", 3), ("err", "<f8"),
+                              ("len", "<u8"), ("img", "<i4"), ("p2d", "<i4")])
+    rows["id"], rows["xyz"], rows["rgb"] = model.point_ids, model.xyz, model.rgb
+    rows["err"], rows["len"] = 0.0, 1
+    rows["img"], rows["p2d"] = model.view + 1, model.idx_in_image
+    fh.write(rows.tobytes())
+
+
+def _cameras_txt(fh, rec: Reconstruction, model: _Model) -> None:
+    fh.write("# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
+    fh.write(f"# Number of cameras: {rec.num_views}\n")
+    for cam_id, w, h, params in _camera_rows(rec, model):
+        fh.write(f"{cam_id} PINHOLE {w} {h} " + " ".join(f"{p:.17g}" for p in params) + "\n")
+
+
+def _images_txt(fh, model: _Model) -> None:
+    fh.write("# Image list with two lines of data per image:\n"
+             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n#   POINTS2D[] as (X, Y, POINT3D_ID)\n")
+    fh.write(f"# Number of images: {len(model.names)}\n")
+    for i, name in enumerate(model.names):
+        nums = " ".join(f"{float(x):.17g}" for x in (*model.qvec[i], *model.tvec[i]))
+        fh.write(f"{i + 1} {nums} {i + 1} {name}\n")
+        sel = model.per_image[i]
+        fh.write(" ".join(f"{model.uv[j, 0]:.17g} {model.uv[j, 1]:.17g} {model.point_ids[j]}" for j in sel) + "\n")
+
+
+def _points_txt(fh, model: _Model) -> None:
+    fh.write("# 3D point list with one line of data per point:\n"
+             "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
+    fh.write(f"# Number of points: {len(model.point_ids)}\n")
+    for j in range(len(model.point_ids)):
+        x, y, z = model.xyz[j]
+        r, g, b = model.rgb[j]
+        fh.write(f"{model.point_ids[j]} {x:.17g} {y:.17g} {z:.17g} {r} {g} {b} 0 "
+                 f"{model.view[j] + 1} {model.idx_in_image[j]}\n")

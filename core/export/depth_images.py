@@ -1,25 +1,33 @@
 """Depth and confidence as pictures (colour-mapped PNG) and as data (16-bit PNG), numpy + Pillow.
 
-Colour maps use Turbo (a polynomial fit of Google's colour map), near = red/warm, far =
-blue/cold, normalised per view between the 2nd and 98th percentile of inverse depth; invalid
-pixels are black.  The 16-bit PNGs hold ``depth / unit`` (0 = invalid), with ``unit`` in
-``depth_units.json`` beside them.
+* **Pictures** use Turbo (Google's colour map, as Mikhailov's polynomial fit, no matplotlib):
+  depth is normalised per view between the 2nd and 98th percentile of *inverse* depth, so
+  **near is warm (red), far is cold (blue)**; confidence is normalised between the 2nd and 98th
+  percentile of log-confidence, **high is warm**.  Invalid pixels (non-finite or non-positive
+  depth, sky when the reconstruction has a sky mask) are black.
+* **Data**: 16-bit PNGs hold ``round(depth / unit)`` with 0 meaning "no depth"; ``unit`` is
+  1e-3 (millimetres for metric depth, nerfstudio's default ``depth_unit_scale_factor``) unless
+  the largest depth would not fit in 16 bits, then ``max_depth / 65535``.  The unit is written
+  beside the PNGs in ``depth_units.json``.  The depth is z-depth, at the processed resolution.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 from ..reconstruction import Reconstruction, atomic_folder
-from .nerfstudio import depth_to_uint16
 
 PathLike = Union[str, os.PathLike]
+
+#: the unit of 16-bit depth PNGs unless the depth would overflow (millimetres for metric depth)
+DEFAULT_DEPTH_UNIT = 1e-3
 
 # Turbo colour map, polynomial approximation (Mikhailov 2019), input t in [0, 1]
 _TURBO_R = (0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943)
@@ -28,55 +36,152 @@ _TURBO_B = (0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 2
 
 
 def turbo(t: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (any shape) -> uint8 RGB (shape + (3,))."""
+    """Values in [0, 1] (any shape; clipped) -> uint8 RGB of shape ``t.shape + (3,)``.
+
+    0 is dark blue, 1 dark red.
+    """
     t = np.clip(np.asarray(t, np.float64), 0.0, 1.0)
     powers = np.stack([t**i for i in range(6)], -1)
     rgb = np.stack([powers @ np.array(c) for c in (_TURBO_R, _TURBO_G, _TURBO_B)], -1)
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
-def colorize_depth(depth: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
-    """(H, W) depth -> (H, W, 3) uint8: near warm, far cold, invalid black."""
-    ok = np.isfinite(depth) & (depth > 0) if valid is None else valid & np.isfinite(depth) & (depth > 0)
-    out = np.zeros(depth.shape + (3,), np.uint8)
+def _percentile_map(values: np.ndarray, ok: np.ndarray, lo_pct: float = 2.0, hi_pct: float = 98.0) -> np.ndarray:
+    """Turbo colours of ``values[ok]`` normalised between two percentiles; black elsewhere."""
+    out = np.zeros(values.shape + (3,), np.uint8)
     if not ok.any():
         return out
-    inv = 1.0 / depth[ok]
-    lo, hi = np.percentile(inv, 2), np.percentile(inv, 98)
-    t = (inv - lo) / max(hi - lo, 1e-12)
-    out[ok] = turbo(t)
+    v = values[ok].astype(np.float64)
+    lo, hi = np.percentile(v, lo_pct), np.percentile(v, hi_pct)
+    out[ok] = turbo((v - lo) / max(hi - lo, 1e-12))
     return out
 
 
-def colorize_confidence(conf: np.ndarray) -> np.ndarray:
-    """(H, W) confidence -> (H, W, 3) uint8: high warm, low cold (log scale, percentiles)."""
-    c = np.log(np.maximum(conf, 1e-6))
-    lo, hi = np.percentile(c, 2), np.percentile(c, 98)
-    return turbo((c - lo) / max(hi - lo, 1e-12))
+def colorize_depth(depth: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
+    """(H, W) depth -> (H, W, 3) uint8 picture: near warm, far cold, invalid black.
+
+    Args:
+        depth: z-depth (any unit); non-finite or non-positive values are invalid.
+        valid: optional (H, W) bool mask of pixels to show (e.g. not sky).
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise ValueError(f"depth: expected an (H, W) array, got shape {depth.shape}")
+    ok = np.isfinite(depth) & (depth > 0)
+    if valid is not None:
+        ok &= np.asarray(valid, bool)
+    inv = np.zeros(depth.shape, np.float64)
+    inv[ok] = 1.0 / depth[ok]
+    return _percentile_map(inv, ok)
+
+
+def colorize_confidence(conf: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
+    """(H, W) confidence -> (H, W, 3) uint8 picture: high warm, low cold (log scale), invalid black.
+
+    Args:
+        conf: confidence (DA3's is >= 1); non-finite or non-positive values are invalid.
+        valid: optional (H, W) bool mask of pixels to show.
+    """
+    conf = np.asarray(conf)
+    if conf.ndim != 2:
+        raise ValueError(f"conf: expected an (H, W) array, got shape {conf.shape}")
+    ok = np.isfinite(conf) & (conf > 0)
+    if valid is not None:
+        ok &= np.asarray(valid, bool)
+    logc = np.zeros(conf.shape, np.float64)
+    logc[ok] = np.log(conf[ok])
+    return _percentile_map(logc, ok)
+
+
+def depth_to_uint16(depth: np.ndarray, unit: Optional[float] = None) -> Tuple[np.ndarray, float]:
+    """Depth (any shape) -> ``(uint16 array, unit)`` with ``depth ~= value * unit``; 0 = invalid.
+
+    Args:
+        depth: z-depth; non-finite or non-positive values become 0.
+        unit: the depth of one step; by default :data:`DEFAULT_DEPTH_UNIT` (1e-3), or
+            ``max_depth / 65535`` when the largest depth would not fit.  Depths beyond
+            ``65535 * unit`` are clipped to 65535; positive depths below half a unit become 1.
+    """
+    depth = np.asarray(depth)
+    valid = np.isfinite(depth) & (depth > 0)
+    top = float(depth[valid].max()) if valid.any() else 1.0
+    if unit is None:
+        unit = DEFAULT_DEPTH_UNIT if top / DEFAULT_DEPTH_UNIT <= 65535 else top / 65535.0
+    unit = float(unit)
+    if not np.isfinite(unit) or unit <= 0:
+        raise ValueError(f"unit: expected a positive number, got {unit!r}")
+    q = np.zeros(depth.shape, np.uint16)
+    q[valid] = np.clip(np.round(depth[valid].astype(np.float64) / unit), 1, 65535).astype(np.uint16)
+    return q, unit
+
+
+def uint16_to_depth(values: np.ndarray, unit: float) -> np.ndarray:
+    """Inverse of :func:`depth_to_uint16`: float32 depth, NaN where the value is 0."""
+    v = np.asarray(values).astype(np.float64) * float(unit)
+    v[np.asarray(values) == 0] = np.nan
+    return v.astype(np.float32)
+
+
+def file_stems(rec: Reconstruction) -> List[str]:
+    """One file-system-safe, unique stem per view, from ``rec.image_names``.
+
+    Characters other than letters, digits, ``-``, ``_`` and ``.`` become ``_``; repeated names
+    get ``_1``, ``_2`` ... suffixes.
+    """
+    out: List[str] = []
+    seen = set()
+    for name in rec.image_names:
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "view"
+        cand, k = stem, 0
+        while cand in seen:
+            k += 1
+            cand = f"{stem}_{k}"
+        seen.add(cand)
+        out.append(cand)
+    return out
 
 
 def write_depth_images(folder: PathLike, rec: Reconstruction, *, colour: bool = True, raw16: bool = True,
-                       preview: bool = True, overwrite: bool = True) -> Path:
-    """Per view: ``<name>_depth.png`` (colour), ``<name>_conf.png`` (colour, when the model
-    gives confidence), ``<name>_depth16.png`` (16-bit), ``<name>_preview.png`` (photo | depth)."""
+                       preview: bool = True, unit: Optional[float] = None, overwrite: bool = False) -> Path:
+    """Write per-view depth pictures and data into ``folder`` (written whole, atomically).
+
+    Per view (``<stem>`` from :func:`file_stems`), all at the processed resolution:
+
+    * ``<stem>_depth.png``: colour-mapped depth (near warm, far cold, invalid/sky black);
+    * ``<stem>_conf.png``: colour-mapped confidence, when the reconstruction has one;
+    * ``<stem>_depth16.png``: 16-bit depth, ``depth = value * unit`` (0 = no depth), with
+      ``depth_units.json`` recording ``unit`` (one unit for all views);
+    * ``<stem>_preview.png``: the processed photo and its depth picture side by side.
+
+    Args:
+        unit: the 16-bit depth step; default: see :func:`depth_to_uint16`.
+        overwrite: replace an existing ``folder``; otherwise an existing folder is an error.
+
+    Returns:
+        ``folder``.
+    """
     folder = Path(folder)
+    valid = rec.valid_mask(None, drop_sky=True)
     with atomic_folder(folder, overwrite) as tmp:
-        unit = None
         if raw16:
-            _, unit = depth_to_uint16(rec.depth)
-        for i, name in enumerate(rec.image_names):
-            coloured = colorize_depth(rec.depth[i], None if rec.sky is None else ~rec.sky[i])
+            _, unit = depth_to_uint16(rec.depth[valid], unit)
+        for i, stem in enumerate(file_stems(rec)):
+            coloured = colorize_depth(rec.depth[i], valid[i])
             if colour:
-                Image.fromarray(coloured).save(tmp / f"{name}_depth.png")
+                Image.fromarray(coloured).save(tmp / f"{stem}_depth.png")
                 if rec.conf is not None:
-                    Image.fromarray(colorize_confidence(rec.conf[i])).save(tmp / f"{name}_conf.png")
+                    Image.fromarray(colorize_confidence(rec.conf[i], valid[i])).save(tmp / f"{stem}_conf.png")
             if raw16:
-                q, _ = depth_to_uint16(rec.depth[i], unit)
-                Image.fromarray(q).save(tmp / f"{name}_depth16.png")
+                q, _ = depth_to_uint16(np.where(valid[i], rec.depth[i], np.nan), unit)
+                Image.fromarray(q).save(tmp / f"{stem}_depth16.png")
             if preview:
-                Image.fromarray(np.concatenate([rec.images[i], coloured], 1)).save(tmp / f"{name}_preview.png")
+                Image.fromarray(np.concatenate([rec.images[i], coloured], 1)).save(tmp / f"{stem}_preview.png")
         if raw16:
             (tmp / "depth_units.json").write_text(json.dumps({
-                "unit": unit, "meaning": "depth = png_value * unit (z-depth; 0 = no depth)",
-                "metric": rec.is_metric}, indent=2))
+                "unit": unit,
+                "meaning": "depth = png_value * unit; z-depth along the optical axis; 0 = no depth (invalid or sky)",
+                "metric": rec.is_metric,
+                "resolution": [rec.height, rec.width],
+                "files": {stem: f"{stem}_depth16.png" for stem in file_stems(rec)},
+            }, indent=2))
     return folder

@@ -1,8 +1,15 @@
-"""Binary glTF 2.0 (``.glb``): coloured points and camera frusta (numpy only, no trimesh).
+"""Binary glTF 2.0 (``.glb``): coloured points and camera frusta, hand-written (numpy only).
 
-The scene stays in the reconstruction's own frame, converted to glTF's axes (Y up, +Z
-towards the viewer) by :func:`conventions.points_to_gltf`; ``recenter=True`` also moves the
-median point to the origin.
+The scene stays in the reconstruction's own frame, converted to glTF's axes (Y up, +Z towards
+the viewer) by :func:`conventions.points_to_gltf`; ``recenter=True`` also moves the median
+point to the origin.  The 4x4 map from the reconstruction's world to the file's coordinates
+is stored in the top-level ``extras.world_to_gltf`` (row-major), so tools can map back.
+
+Layout: mesh 0 is one ``POINTS`` primitive (``POSITION`` float VEC3 with min/max, ``COLOR_0``
+normalised unsigned-byte VEC4); with ``cameras``, mesh 1 is one ``LINES`` primitive with 8
+segments per view (4 from the camera centre to the image corners, 4 along the image border),
+one colour per view.  Both use an unlit material (``KHR_materials_unlit``) so viewers show the
+photo colours as they are.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import List, Union
+from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
 
@@ -23,24 +30,26 @@ PathLike = Union[str, os.PathLike]
 
 _FLOAT, _UBYTE = 5126, 5121
 _POINTS, _LINES = 0, 1
+_ARRAY_BUFFER = 34962
 
 
 class _Builder:
-    """Collects binary buffer views and accessors for one .glb."""
+    """Collects the binary chunk, buffer views and accessors of one .glb."""
 
     def __init__(self) -> None:
         self.blob = bytearray()
-        self.views: List[dict] = []
-        self.accessors: List[dict] = []
+        self.views: List[Dict[str, Any]] = []
+        self.accessors: List[Dict[str, Any]] = []
 
     def add(self, arr: np.ndarray, component: int, kind: str, normalized: bool = False, bounds: bool = False) -> int:
+        """Append a (count, k) array as one vertex-attribute accessor; returns its index."""
         arr = np.ascontiguousarray(arr)
-        while len(self.blob) % 4:
-            self.blob.append(0)
+        self.pad()
         offset = len(self.blob)
         self.blob += arr.tobytes()
-        self.views.append({"buffer": 0, "byteOffset": offset, "byteLength": arr.nbytes})
-        acc = {"bufferView": len(self.views) - 1, "componentType": component, "count": int(arr.shape[0]), "type": kind}
+        self.views.append({"buffer": 0, "byteOffset": offset, "byteLength": arr.nbytes, "target": _ARRAY_BUFFER})
+        acc: Dict[str, Any] = {"bufferView": len(self.views) - 1, "componentType": component,
+                               "count": int(arr.shape[0]), "type": kind}
         if normalized:
             acc["normalized"] = True
         if bounds:
@@ -49,73 +58,118 @@ class _Builder:
         self.accessors.append(acc)
         return len(self.accessors) - 1
 
+    def pad(self) -> None:
+        """Zero-pad the binary chunk to a multiple of 4 bytes."""
+        self.blob += b"\x00" * (-len(self.blob) % 4)
 
-def _frusta(rec: Reconstruction, size: float):
-    """Line segments (8 per view) in world coordinates and one colour per view."""
+
+def view_colours(n: int) -> np.ndarray:
+    """(n, 3) uint8 per-view colours: HSV with h = (i + 0.5) / n, s = 0.85, v = 0.95 (as the official)."""
+    rgb = [colorsys.hsv_to_rgb((i + 0.5) / n, 0.85, 0.95) for i in range(n)]
+    return (np.array(rgb) * 255).round().astype(np.uint8).reshape(n, 3)
+
+
+def frustum_segments(rec: Reconstruction, size: float) -> np.ndarray:
+    """(N*16, 3) float64 world-space endpoints of 8 segments per view.
+
+    The image rectangle is the full extent of the processed image in continuous pixel
+    coordinates, (0, 0) to (W, H), back-projected to the plane z = ``size`` in front of the
+    camera; the segments are centre-to-corner (4) then the rectangle's edges (4).
+    """
     h, w = rec.height, rec.width
     corners_px = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], dtype=np.float64)
     c2w = rec.camera_to_world
-    segs, cols = [], []
-    n = rec.num_views
-    for i in range(n):
-        rays = corners_px @ np.linalg.inv(rec.intrinsics[i]).T * size  # z = size plane
+    segs = []
+    for i in range(rec.num_views):
+        rays = corners_px @ np.linalg.inv(rec.intrinsics[i]).T * size  # camera frame, z = size
         world = rays @ c2w[i, :3, :3].T + c2w[i, :3, 3]
         centre = c2w[i, :3, 3]
         for j in range(4):
-            segs += [centre, world[j], world[j], world[(j + 1) % 4]]
-        rgb = colorsys.hsv_to_rgb((i + 0.5) / n, 0.85, 0.95)
-        cols += [rgb] * 16
-    return np.array(segs), (np.array(cols) * 255).round().astype(np.uint8)
+            segs += [centre, world[j]]
+        for j in range(4):
+            segs += [world[j], world[(j + 1) % 4]]
+    return np.array(segs, dtype=np.float64).reshape(-1, 3)
+
+
+def _points(rec: Reconstruction, conf_threshold, stride: int, max_points: int,
+            seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(P, 3) float64 world points and (P, 3) uint8 colours, filtered, finite, subsampled."""
+    cloud = rec.points(conf_threshold=conf_threshold, stride=stride)
+    finite = np.isfinite(cloud.positions).all(1)
+    pos, col = cloud.positions[finite].astype(np.float64), cloud.colors[finite]
+    if len(pos) == 0:
+        raise ValueError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
+    if len(pos) > max_points:
+        pick = np.sort(np.random.default_rng(seed).choice(len(pos), max_points, replace=False))
+        pos, col = pos[pick], col[pick]
+    return pos, col
 
 
 def write_glb(path: PathLike, rec: Reconstruction, *, conf_threshold: Union[None, float, str] = "auto",
               stride: int = 1, max_points: int = 1_000_000, cameras: bool = True, recenter: bool = False,
               seed: int = 0) -> Path:
-    """Write ``rec`` as a .glb: one POINTS primitive (POSITION, COLOR_0) and, with ``cameras``,
-    one LINES primitive with a frustum per view, coloured per view.
+    """Write ``rec`` as a binary glTF 2.0 file (atomically); returns ``path``.
 
     Args:
-        conf_threshold: see :meth:`Reconstruction.points` ("auto": the official percentile rule).
-        max_points: above this, a seeded random subset is kept.
-        recenter: subtract the median point (the official export always does; we keep the
-            reconstruction's frame unless asked).
+        path: the ``.glb`` file.
+        rec: the reconstruction (not modified).
+        conf_threshold: see :meth:`Reconstruction.points`; "auto" is the official rule
+            min(max(1.05, P40(conf)), P90(conf)).  Sky pixels are left out.
+        stride: every ``stride``-th pixel in both directions.
+        max_points: above this many points, a random subset of this size is kept
+            (``numpy.random.default_rng(seed)``, so the same input gives the same file).
+        cameras: add a frustum per view, sized 0.03 * ||P95 - P5|| of the points (as the
+            official export).
+        recenter: subtract the median point (the official export always does; by default
+            the reconstruction's frame is kept, so files of one scene line up).
+        seed: the subsampling seed.
+
+    Raises:
+        ValueError: no point passes the filters, or bad arguments.
     """
-    cloud = rec.points(conf_threshold=conf_threshold, stride=stride)
-    if len(cloud) == 0:
-        raise ValueError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
-    pos, col = cloud.positions.astype(np.float64), cloud.colors
-    if len(pos) > max_points:
-        pick = np.sort(np.random.default_rng(seed).choice(len(pos), max_points, replace=False))
-        pos, col = pos[pick], col[pick]
+    if int(max_points) != max_points or max_points < 1:
+        raise ValueError(f"max_points: expected an integer >= 1, got {max_points!r}")
+    pos, col = _points(rec, conf_threshold, stride, int(max_points), seed)
     offset = np.median(pos, axis=0) if recenter else np.zeros(3)
+    # world -> file: x_file = F (x - offset) with F the glTF axis change
+    world_to_gltf = conv.CV_WORLD_TO_GLTF_WORLD.copy()
+    world_to_gltf[:3, 3] = -conv.points_to_gltf(offset)
+
     b = _Builder()
-    meshes, nodes = [], []
+    material = {"name": "vertex colours", "pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1],
+                                                                   "metallicFactor": 0.0, "roughnessFactor": 1.0},
+                "extensions": {"KHR_materials_unlit": {}}}
     p_acc = b.add(conv.points_to_gltf(pos - offset).astype(np.float32), _FLOAT, "VEC3", bounds=True)
     rgba = np.concatenate([col, np.full((len(col), 1), 255, np.uint8)], 1)
     c_acc = b.add(rgba, _UBYTE, "VEC4", normalized=True)
-    meshes.append({"name": "points", "primitives": [{"attributes": {"POSITION": p_acc, "COLOR_0": c_acc}, "mode": _POINTS}]})
-    nodes.append({"name": "points", "mesh": 0})
+    meshes: List[Dict[str, Any]] = [{"name": "points", "primitives": [
+        {"attributes": {"POSITION": p_acc, "COLOR_0": c_acc}, "mode": _POINTS, "material": 0}]}]
+    nodes: List[Dict[str, Any]] = [{"name": "points", "mesh": 0}]
     if cameras:
         lo, hi = np.percentile(pos, 5, axis=0), np.percentile(pos, 95, axis=0)
         size = 0.03 * float(np.linalg.norm(hi - lo)) or 0.03
-        segs, seg_cols = _frusta(rec, size)
+        segs = frustum_segments(rec, size)
+        seg_cols = np.repeat(view_colours(rec.num_views), 16, axis=0)
         l_acc = b.add(conv.points_to_gltf(segs - offset).astype(np.float32), _FLOAT, "VEC3", bounds=True)
         lc_acc = b.add(np.concatenate([seg_cols, np.full((len(seg_cols), 1), 255, np.uint8)], 1), _UBYTE, "VEC4",
                        normalized=True)
-        meshes.append({"name": "cameras", "primitives": [{"attributes": {"POSITION": l_acc, "COLOR_0": lc_acc}, "mode": _LINES}]})
+        meshes.append({"name": "cameras", "primitives": [
+            {"attributes": {"POSITION": l_acc, "COLOR_0": lc_acc}, "mode": _LINES, "material": 0}]})
         nodes.append({"name": "cameras", "mesh": 1})
-    while len(b.blob) % 4:
-        b.blob.append(0)
+    b.pad()
     doc = {
         "asset": {"version": "2.0", "generator": "da3-plugins"},
+        "extensionsUsed": ["KHR_materials_unlit"],
         "scene": 0,
         "scenes": [{"name": "da3", "nodes": list(range(len(nodes)))}],
         "nodes": nodes,
         "meshes": meshes,
+        "materials": [material],
         "accessors": b.accessors,
         "bufferViews": b.views,
         "buffers": [{"byteLength": len(b.blob)}],
-        "extras": {"recentered_by": [float(x) for x in offset], "model": rec.model},
+        "extras": {"world_to_gltf": world_to_gltf.tolist(), "recentered_by": [float(x) for x in offset],
+                   "model": rec.model, "is_metric": rec.is_metric, "image_names": list(rec.image_names)},
     }
     js = json.dumps(doc, separators=(",", ":")).encode("utf-8")
     js += b" " * (-len(js) % 4)
@@ -124,6 +178,8 @@ def write_glb(path: PathLike, rec: Reconstruction, *, conf_threshold: Union[None
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(struct.pack("<4sII", b"glTF", 2, total))
-            fh.write(struct.pack("<I4s", len(js), b"JSON") + js)
-            fh.write(struct.pack("<I4s", len(b.blob), b"BIN\x00") + bytes(b.blob))
+            fh.write(struct.pack("<I4s", len(js), b"JSON"))
+            fh.write(js)
+            fh.write(struct.pack("<I4s", len(b.blob), b"BIN\x00"))
+            fh.write(bytes(b.blob))
     return path

@@ -1,11 +1,22 @@
 """nerfstudio dataset folders: ``transforms.json`` + images (+ seed points, + depth), numpy + Pillow.
 
 Any nerfstudio method reads the folder with its ``nerfstudio-data`` dataparser
-(``ns-train splatfacto --data FOLDER``).  The images written are the processed images the
-network saw, so the intrinsics are K at the processed resolution, unchanged (nerfstudio's
-rays go through pixel centres, as ours).  Poses are OpenGL camera-to-world, through
-:func:`conventions.opencv_w2c_to_opengl_c2w`; the world is the reconstruction's own, and
-``applied_transform`` is the identity.
+(``ns-train splatfacto --data FOLDER``).  Choices:
+
+* **Intrinsics at the processed size.**  The images written are the processed images the
+  network saw, so per-frame ``fl_x fl_y cx cy w h`` are K at the processed resolution,
+  unchanged (nerfstudio casts rays through pixel centres at +0.5, as ours).
+* **Poses** are OpenGL camera-to-world (:func:`conventions.opencv_w2c_to_opengl_c2w`); the
+  world is the reconstruction's own.  ``applied_transform`` is written as the identity: the
+  dataparser composes it into ``dataparser_transform`` and, without it, assumes a legacy
+  COLMAP axis swap when a ``colmap/sparse/0`` folder sits beside the JSON.
+* **Seed points** ``sparse_pc.ply`` (``ply_file_path``) are in the same world as the poses;
+  the dataparser reads them with Open3D (it uses ``x y z`` and ``red green blue``).
+* **Depth** (optional) as 16-bit PNGs (``depth_file_path``), z-depth = value *
+  ``depth_unit_scale_factor``, recorded in the JSON.  nerfstudio does not read that key: it
+  takes the config option of the same name, whose default 1e-3 is what is written unless the
+  depth would overflow 16 bits (then pass the recorded value as
+  ``--pipeline.datamanager.dataparser.depth-unit-scale-factor``).
 """
 
 from __future__ import annotations
@@ -13,77 +24,88 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Dict, List, Union
 
 import numpy as np
 from PIL import Image
 
 from .. import conventions as conv
 from ..reconstruction import Reconstruction, atomic_folder
+from .depth_images import depth_to_uint16, file_stems
 from .ply import write_point_ply
 
 PathLike = Union[str, os.PathLike]
 
-
-def depth_to_uint16(depth: np.ndarray, unit: Optional[float] = None):
-    """Depth -> (uint16 image, unit) where depth = value * unit; 0 marks invalid pixels.
-
-    ``unit`` defaults to 1e-3 (nerfstudio's default ``depth_unit_scale_factor``: millimetres
-    for metric depth) unless the largest depth would overflow, then max_depth / 65535.
-    """
-    valid = np.isfinite(depth) & (depth > 0)
-    top = float(depth[valid].max()) if valid.any() else 1.0
-    if unit is None:
-        unit = 1e-3 if top / 1e-3 <= 65535 else top / 65535.0
-    q = np.zeros(depth.shape, np.uint16)
-    q[valid] = np.clip(np.round(depth[valid] / unit), 1, 65535).astype(np.uint16)
-    return q, unit
+__all__ = ["depth_to_uint16", "write_nerfstudio"]
 
 
-def write_nerfstudio(folder: PathLike, rec: Reconstruction, *, points: bool = True, depth: bool = False,
-                     conf_threshold: Union[None, float, str] = "auto", point_stride: int = 2,
-                     overwrite: bool = True) -> Path:
-    """Write a nerfstudio dataset folder.
+def write_nerfstudio(folder: PathLike, rec: Reconstruction, *, images: bool = True, depth: bool = False,
+                     points: bool = True, conf_threshold: Union[None, float, str] = "auto", point_stride: int = 2,
+                     overwrite: bool = False) -> Path:
+    """Write a nerfstudio dataset folder (atomically); returns ``folder``.
 
-    Contents: ``images/<name>.png``, ``transforms.json`` (per-frame ``fl_x fl_y cx cy w h``,
-    ``transform_matrix``), with ``points`` a seed point cloud ``sparse_pc.ply`` referenced by
-    ``ply_file_path`` (splatfacto starts from it), with ``depth`` 16-bit depth PNGs in
-    ``depth/`` referenced by ``depth_file_path``; their unit is in the JSON as
-    ``depth_unit_scale_factor`` (pass it to nerfstudio's dataparser option of that name).
+    Contents:
+
+    * ``images/<stem>.png``: the processed images (with ``images``; without, the frames still
+      name these files, at the processed size, for images supplied by the caller);
+    * ``transforms.json``: ``camera_model`` "OPENCV" (no distortion), per frame ``file_path``,
+      ``transform_matrix`` (OpenGL camera-to-world, 4x4), ``fl_x fl_y cx cy`` (pixels of the
+      processed image) and ``w h``; top-level ``applied_transform`` (identity) and, with the
+      options below, ``ply_file_path`` and ``depth_unit_scale_factor``;
+    * with ``points``: ``sparse_pc.ply`` seed points (see :func:`write_point_ply`);
+    * with ``depth``: ``depth/<stem>.png`` 16-bit z-depth (0 = invalid or sky), referenced by
+      each frame's ``depth_file_path``.
+
+    Args:
+        folder: the dataset folder.
+        rec: the reconstruction (not modified).
+        conf_threshold: the seed points' confidence filter (see :meth:`Reconstruction.points`).
+        point_stride: the seed points' pixel stride.
+        overwrite: replace an existing ``folder``; otherwise an existing one is an error.
+
+    Raises:
+        ValueError: no seed point passes the filters.
+        FileExistsError: ``folder`` exists and ``overwrite`` is False.
     """
     folder = Path(folder)
+    stems = file_stems(rec)
+    c2w = conv.opencv_w2c_to_opengl_c2w(rec.extrinsics)
+    valid = rec.valid_mask(None, drop_sky=True)
+    unit = depth_to_uint16(rec.depth[valid])[1] if depth else None
     with atomic_folder(folder, overwrite) as tmp:
-        (tmp / "images").mkdir()
-        c2w = conv.opencv_w2c_to_opengl_c2w(rec.extrinsics)
-        unit = None
+        if points:  # first: the most likely to fail (threshold too high)
+            write_point_ply(tmp / "sparse_pc.ply", rec, conf_threshold=conf_threshold, stride=point_stride)
+        if images:
+            (tmp / "images").mkdir()
         if depth:
             (tmp / "depth").mkdir()
-            _, unit = depth_to_uint16(rec.depth)
-        frames = []
-        for i, name in enumerate(rec.image_names):
-            Image.fromarray(rec.images[i]).save(tmp / "images" / f"{name}.png")
+        frames: List[Dict[str, Any]] = []
+        for i, stem in enumerate(stems):
             k = rec.intrinsics[i]
-            frame = {
-                "file_path": f"images/{name}.png",
+            frame: Dict[str, Any] = {
+                "file_path": f"images/{stem}.png",
                 "transform_matrix": c2w[i].tolist(),
                 "fl_x": float(k[0, 0]), "fl_y": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2]),
                 "w": rec.width, "h": rec.height,
             }
+            if images:
+                Image.fromarray(rec.images[i]).save(tmp / "images" / f"{stem}.png")
             if depth:
-                q, _ = depth_to_uint16(rec.depth[i], unit)
-                Image.fromarray(q).save(tmp / "depth" / f"{name}.png")
-                frame["depth_file_path"] = f"depth/{name}.png"
+                q, _ = depth_to_uint16(np.where(valid[i], rec.depth[i], np.nan), unit)
+                Image.fromarray(q).save(tmp / "depth" / f"{stem}.png")
+                frame["depth_file_path"] = f"depth/{stem}.png"
             frames.append(frame)
-        meta = {
+        meta: Dict[str, Any] = {
             "camera_model": "OPENCV",
             "frames": frames,
             "applied_transform": np.eye(4)[:3].tolist(),
-            "da3": {"model": rec.model, "is_metric": rec.is_metric, "world": "OpenCV world of the reconstruction"},
+            "da3": {"model": rec.model, "is_metric": rec.is_metric, "image_names": list(rec.image_names),
+                    "world": "the reconstruction's world (OpenCV-style for predicted poses)",
+                    "intrinsics": "processed image size"},
         }
+        if points:
+            meta["ply_file_path"] = "sparse_pc.ply"
         if depth:
             meta["depth_unit_scale_factor"] = unit
-        if points:
-            write_point_ply(tmp / "sparse_pc.ply", rec, conf_threshold=conf_threshold, stride=point_stride)
-            meta["ply_file_path"] = "sparse_pc.ply"
         (tmp / "transforms.json").write_text(json.dumps(meta, indent=2))
     return folder

@@ -1,126 +1,247 @@
-"""PLY writers: coloured point clouds and 3-D Gaussian splats (numpy only).
+"""PLY writers: coloured point clouds and 3-D Gaussian splats (numpy only), and a 3DGS reader.
 
-Both are binary little-endian PLY files with one ``vertex`` element, written to a temporary
-name and renamed (an interrupted export leaves nothing behind).
+Both writers produce binary little-endian PLY files with one ``vertex`` element, written to a
+temporary name and renamed (an interrupted export leaves nothing behind).  Coordinates are
+those of the reconstruction's world (OpenCV-style axes for predicted poses: x right, y down,
+z forward from view 0), unchanged.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..reconstruction import GaussianSet, PointCloud, Reconstruction, atomic_path
 
 PathLike = Union[str, os.PathLike]
+ConfThreshold = Union[None, float, str]
 
-_PLY_TYPES = {"f4": "float", "u1": "uchar", "i4": "int", "f8": "double", "u4": "uint", "i2": "short", "u2": "ushort"}
+# numpy kind+size <-> PLY scalar type names (both the classic and the sized spellings are read)
+_PLY_TYPES = {"f4": "float", "u1": "uchar", "i4": "int", "f8": "double", "u4": "uint", "i2": "short",
+              "u2": "ushort", "i1": "char"}
+_PLY_READ_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+                   "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+                   "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+
+#: the property order of the original 3DGS code (f_rest_* go between f_dc_2 and opacity)
+GAUSSIAN_HEAD = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2")
+GAUSSIAN_TAIL = ("opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 
 
-def _write_vertex_ply(path: PathLike, fields, comments=()) -> Path:
-    """fields: list of (name, 1-D array with a dtype in _PLY_TYPES) of equal length."""
+def _vertex_table(fields: Sequence[Tuple[str, np.ndarray]]) -> np.ndarray:
+    """(name, 1-D array) pairs of equal length -> one packed little-endian structured array."""
     n = len(fields[0][1])
+    for name, arr in fields:
+        if np.asarray(arr).shape != (n,):
+            raise ValueError(f"{name}: expected shape ({n},), got {np.asarray(arr).shape}")
     dtype = np.dtype([(name, "<" + np.asarray(arr).dtype.str[1:]) for name, arr in fields])
     data = np.empty(n, dtype=dtype)
     for name, arr in fields:
         data[name] = arr
-    header = ["ply", "format binary_little_endian 1.0"]
-    header += [f"comment {c}" for c in comments]
-    header.append(f"element vertex {n}")
-    header += [f"property {_PLY_TYPES[dtype[name].str[1:]]} {name}" for name, _ in fields]
-    header.append("end_header")
+    return data
+
+
+def _ply_header(data: np.ndarray, comments: Sequence[str]) -> bytes:
+    lines = ["ply", "format binary_little_endian 1.0"]
+    lines += [f"comment {c}" for c in comments]
+    lines.append(f"element vertex {len(data)}")
+    lines += [f"property {_PLY_TYPES[data.dtype[name].str[1:]]} {name}" for name in data.dtype.names]
+    lines.append("end_header")
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def _write_rows(fh: BinaryIO, data: np.ndarray, chunk: int = 1 << 18) -> None:
+    """Write the rows in chunks (bounded memory for large clouds)."""
+    for start in range(0, len(data), chunk):
+        fh.write(data[start:start + chunk].tobytes())
+
+
+def _write_vertex_ply(path: PathLike, fields: Sequence[Tuple[str, np.ndarray]], comments: Sequence[str] = ()) -> Path:
+    """Write one ``vertex`` element with the given properties (types from the arrays' dtypes)."""
+    data = _vertex_table(fields)
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            fh.write(("\n".join(header) + "\n").encode("ascii"))
-            fh.write(data.tobytes())
+            fh.write(_ply_header(data, comments))
+            _write_rows(fh, data)
     return path
 
 
+def _filter_cloud(cloud: PointCloud, conf_threshold: ConfThreshold, stride: int) -> PointCloud:
+    """A PointCloud given directly: keep confidence >= a numeric threshold."""
+    if stride != 1:
+        raise ValueError(f"stride: only applies to a Reconstruction (got {stride!r} with a PointCloud)")
+    if conf_threshold is None:
+        return cloud
+    if isinstance(conf_threshold, str):
+        raise ValueError(f"conf_threshold: {conf_threshold!r} only applies to a Reconstruction; "
+                         "pass a number or None with a PointCloud")
+    keep = np.asarray(cloud.confidence) >= float(conf_threshold)
+    return PointCloud(cloud.positions[keep], cloud.colors[keep], cloud.confidence[keep], cloud.view[keep])
+
+
 def write_point_ply(path: PathLike, source: Union[Reconstruction, PointCloud], *,
-                    conf_threshold: Union[None, float, str] = "auto", stride: int = 1) -> Path:
-    """Coloured points: ``x y z`` (float), ``red green blue`` (uchar), ``confidence`` (float),
-    ``view`` (int, the source image).
+                    conf_threshold: ConfThreshold = None, stride: int = 1) -> Path:
+    """Write coloured points as a binary little-endian PLY; returns ``path``.
+
+    Properties of the ``vertex`` element: ``x y z`` (float, world coordinates of the
+    reconstruction), ``red green blue`` (uchar, the processed images' colours),
+    ``confidence`` (float; ones when the model gives none) and ``view`` (int, source view).
 
     Args:
-        source: a Reconstruction (points from depth, see :meth:`Reconstruction.points`) or a
-            PointCloud.
-        conf_threshold: for a Reconstruction: a number, None (keep all) or "auto" (the
-            official percentile rule).
+        path: the ``.ply`` file (written atomically).
+        source: a Reconstruction (points back-projected from its depth, see
+            :meth:`Reconstruction.points`; sky is left out) or a PointCloud.
+        conf_threshold: keep confidence >= this; None keeps every point, "auto" (a
+            Reconstruction only) uses the official percentile rule.
+        stride: every ``stride``-th pixel in both directions (a Reconstruction only).
+
+    Raises:
+        ValueError: no point passes the filters, or bad arguments.
     """
-    cloud = source.points(conf_threshold=conf_threshold, stride=stride) if isinstance(source, Reconstruction) else source
+    if isinstance(source, Reconstruction):
+        cloud = source.points(conf_threshold=conf_threshold, stride=stride)
+    elif isinstance(source, PointCloud):
+        cloud = _filter_cloud(source, conf_threshold, stride)
+    else:
+        raise ValueError(f"source: expected a Reconstruction or a PointCloud, got {type(source).__name__}")
     if len(cloud) == 0:
         raise ValueError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
-    pos = cloud.positions.astype(np.float32)
-    col = cloud.colors.astype(np.uint8)
+    pos = np.asarray(cloud.positions, np.float32).reshape(-1, 3)
+    col = np.asarray(cloud.colors, np.uint8).reshape(-1, 3)
     return _write_vertex_ply(path, [
         ("x", pos[:, 0]), ("y", pos[:, 1]), ("z", pos[:, 2]),
         ("red", col[:, 0]), ("green", col[:, 1]), ("blue", col[:, 2]),
-        ("confidence", cloud.confidence.astype(np.float32)), ("view", cloud.view.astype(np.int32)),
-    ], comments=["da3-plugins point cloud (world frame of the reconstruction, OpenCV axes)"])
+        ("confidence", np.asarray(cloud.confidence, np.float32)), ("view", np.asarray(cloud.view, np.int32)),
+    ], comments=["da3-plugins point cloud (world frame of the reconstruction)"])
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float64), 1e-6, 1 - 1e-6)
+    """Inverse sigmoid, with p clipped to [1e-6, 1 - 1e-6] (opacity 0 and 1 stay finite)."""
+    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p)).astype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))).astype(np.float32)
+
+
+def _pixel_index_in_view(view: np.ndarray, num_views: int, pixels: int) -> np.ndarray:
+    """For Gaussians laid out one per pixel: each one's row-major pixel index in its view.
+
+    Within each view the Gaussians must come in row-major pixel order (the adapter's layout);
+    views may be interleaved in chunks (as the chunked pipeline concatenates them).
+    """
+    counts = np.bincount(view, minlength=num_views)
+    if len(counts) != num_views or np.any(counts != pixels):
+        raise ValueError("prune_border: needs one Gaussian per pixel of every view (as DA3's Gaussian head makes)")
+    order = np.argsort(view, kind="stable")
+    idx = np.empty(len(view), np.int64)
+    idx[order] = np.tile(np.arange(pixels), num_views)
+    return idx
+
+
+def _depth_in_view(gs: GaussianSet, rec: Reconstruction) -> np.ndarray:
+    """(G,) z-depth of each Gaussian's mean in its source camera."""
+    ext = rec.extrinsics[gs.view]
+    return np.einsum("gj,gj->g", ext[:, 2, :3], gs.means.astype(np.float64)) + ext[:, 2, 3]
 
 
 def write_gaussian_ply(path: PathLike, source: Union[Reconstruction, GaussianSet], *,
                        include_rest: bool = True, prune_border: bool = False,
-                       min_opacity: float = 0.0) -> Path:
-    """3-D Gaussians in the layout of the original 3DGS code, which viewers and trainers read.
+                       depth_quantile: Optional[float] = None, min_opacity: float = 0.0) -> Path:
+    """Write 3-D Gaussians in the PLY layout of the original 3DGS code; returns ``path``.
 
-    Properties (float32): ``x y z nx ny nz f_dc_0..2 [f_rest_0..] opacity scale_0..2 rot_0..3``.
-    ``f_dc`` are the degree-0 SH coefficients; ``f_rest`` (with ``include_rest`` and degree > 0)
-    hold the higher bands channel by channel (all of red, then green, then blue), as 3DGS
-    writes them; ``opacity`` is a logit; ``scale_*`` are natural logs; ``rot_*`` the (w, x, y, z)
-    quaternion slots as stored in :class:`GaussianSet`.
+    Viewers (SuperSplat, antimatter15/splat, ...) and trainers (3DGS, gsplat, nerfstudio) read
+    it.  Properties, all float32, in this order: ``x y z nx ny nz f_dc_0..2 [f_rest_0..]
+    opacity scale_0..2 rot_0..3``:
+
+    * ``nx ny nz`` are zeros;
+    * ``f_dc_c`` is the degree-0 SH coefficient of colour channel c (R, G, B);
+    * ``f_rest_*`` (with ``include_rest`` and SH degree > 0) the higher coefficients channel
+      by channel, as 3DGS flattens its (3, K-1) array: all of red's, then green's, then blue's;
+    * ``opacity`` is the logit of the [0, 1] opacity; ``scale_*`` are natural logs;
+    * ``rot_0..3`` the quaternion in the renderer's (w, x, y, z) slot order, as stored.
+
+    Gaussians with a non-finite value are left out.  By default every Gaussian is written;
+    the official exporter's pruning is available as options.
 
     Args:
-        prune_border: drop Gaussians of the outer 8/256 of each image side (the official
-            exporter does; needs ``view`` and a Reconstruction for the image size).
-        min_opacity: drop Gaussians below this opacity.
+        path: the ``.ply`` file (written atomically).
+        source: a GaussianSet, or a Reconstruction holding one.
+        include_rest: write the ``f_rest_*`` properties when the set has degree > 0.
+        prune_border: drop the Gaussians of the outer ``int(8/256 * H)`` rows and
+            ``int(8/256 * W)`` columns of each view (the official rule).  Needs a
+            Reconstruction with one Gaussian per pixel and their ``view``.
+        depth_quantile: keep, per source view, the Gaussians whose mean's z-depth in that
+            camera is <= this quantile of the view's Gaussians (the official export uses 0.9).
+            Needs a Reconstruction and ``view``.
+        min_opacity: drop Gaussians whose opacity is below this.
+
+    Raises:
+        ValueError: no Gaussians, none left after the filters, or a filter's needs unmet.
     """
     rec = source if isinstance(source, Reconstruction) else None
-    gs = source.gaussians if rec is not None else source
+    if rec is None and not isinstance(source, GaussianSet):
+        raise ValueError(f"source: expected a Reconstruction or a GaussianSet, got {type(source).__name__}")
+    gs = rec.gaussians if rec is not None else source
     if gs is None:
-        raise ValueError("gaussians: the reconstruction has no Gaussians (run with infer_gs=True on a model with a Gaussian head)")
+        raise ValueError("gaussians: the reconstruction has no Gaussians "
+                         "(run with infer_gs=True on a model with a Gaussian head)")
+    if len(gs) == 0:
+        raise ValueError("gaussians: the set is empty")
     keep = gs.opacities >= min_opacity
+    keep &= (np.isfinite(gs.means).all(1) & np.isfinite(gs.scales).all(1) & np.isfinite(gs.rotations).all(1)
+             & np.isfinite(gs.harmonics).all((1, 2)) & np.isfinite(gs.opacities))
+    if prune_border or depth_quantile is not None:
+        what = "prune_border" if prune_border else "depth_quantile"
+        if rec is None or gs.view is None:
+            raise ValueError(f"{what}: needs a Reconstruction whose Gaussians record their source view")
+        if gs.view.min() < 0 or gs.view.max() >= rec.num_views:
+            raise ValueError(f"gaussians.view: indices outside 0..{rec.num_views - 1}")
     if prune_border:
-        if rec is None or gs.view is None or len(gs) != rec.num_views * rec.height * rec.width:
-            raise ValueError("prune_border: needs a Reconstruction with one Gaussian per pixel")
         h, w = rec.height, rec.width
         bh, bw = int(8 / 256 * h), int(8 / 256 * w)
-        rows = np.arange(h)[:, None].repeat(w, 1)
-        cols = np.arange(w)[None, :].repeat(h, 0)
-        inner = ((rows >= bh) & (rows < h - bh) & (cols >= bw) & (cols < w - bw)).reshape(-1)
-        keep &= np.tile(inner, rec.num_views)
+        pix = _pixel_index_in_view(gs.view, rec.num_views, h * w)
+        rows, cols = pix // w, pix % w
+        keep &= (rows >= bh) & (rows < h - bh) & (cols >= bw) & (cols < w - bw)
+    if depth_quantile is not None:
+        if not 0.0 < float(depth_quantile) <= 1.0:
+            raise ValueError(f"depth_quantile: expected a number in (0, 1], got {depth_quantile!r}")
+        z = _depth_in_view(gs, rec)
+        for v in np.unique(gs.view):
+            sel = gs.view == v
+            zs = z[sel]
+            finite = np.isfinite(zs)
+            if finite.any():
+                keep[sel] &= zs <= np.quantile(zs[finite], float(depth_quantile))
     if not keep.any():
-        raise ValueError("min_opacity: no Gaussian passes the filters")
-    n_coeff = gs.harmonics.shape[2]
+        raise ValueError("min_opacity/prune_border/depth_quantile: no Gaussian passes the filters")
     harm = gs.harmonics[keep]
-    fields = [("x", gs.means[keep, 0]), ("y", gs.means[keep, 1]), ("z", gs.means[keep, 2])]
-    zeros = np.zeros(int(keep.sum()), np.float32)
+    g = len(harm)
+    means = gs.means[keep]
+    fields: List[Tuple[str, np.ndarray]] = [("x", means[:, 0]), ("y", means[:, 1]), ("z", means[:, 2])]
+    zeros = np.zeros(g, np.float32)
     fields += [("nx", zeros), ("ny", zeros), ("nz", zeros)]
     fields += [(f"f_dc_{c}", harm[:, c, 0]) for c in range(3)]
-    if include_rest and n_coeff > 1:
-        rest = harm[:, :, 1:].reshape(len(harm), -1)  # channel-major: R's bands, then G's, then B's
+    if include_rest and harm.shape[2] > 1:
+        rest = harm[:, :, 1:].reshape(g, -1)  # channel-major: R's bands, then G's, then B's
         fields += [(f"f_rest_{i}", rest[:, i]) for i in range(rest.shape[1])]
     fields.append(("opacity", _logit(gs.opacities[keep])))
-    log_scales = np.log(np.maximum(gs.scales[keep], 1e-12)).astype(np.float32)
+    log_scales = np.log(np.maximum(gs.scales[keep].astype(np.float64), 1e-30))
     fields += [(f"scale_{i}", log_scales[:, i]) for i in range(3)]
     fields += [(f"rot_{i}", gs.rotations[keep, i]) for i in range(4)]
     fields = [(name, np.ascontiguousarray(arr, dtype=np.float32)) for name, arr in fields]
     return _write_vertex_ply(path, fields, comments=["da3-plugins 3D Gaussians (3DGS layout)"])
 
 
-def read_gaussian_ply(path: PathLike) -> GaussianSet:
-    """Read a 3DGS-layout PLY (binary little-endian, float32 properties) into a GaussianSet."""
-    path = Path(path)
+def _read_vertex_element(path: Path) -> Dict[str, np.ndarray]:
+    """The ``vertex`` element of a binary PLY (scalar properties only) as {name: array}."""
     with open(path, "rb") as fh:
-        header = []
+        header: List[str] = []
         while True:
             line = fh.readline()
             if not line:
@@ -128,20 +249,59 @@ def read_gaussian_ply(path: PathLike) -> GaussianSet:
             header.append(line.decode("ascii", "replace").strip())
             if header[-1] == "end_header":
                 break
-        if header[0] != "ply" or "format binary_little_endian 1.0" not in header:
-            raise ValueError(f"{path}: expected a binary little-endian PLY")
-        count, names = 0, []
+        if not header or header[0] != "ply":
+            raise ValueError(f"{path}: not a PLY file")
+        fmt = next((h.split()[1] for h in header if h.startswith("format ")), "")
+        endian = {"binary_little_endian": "<", "binary_big_endian": ">"}.get(fmt)
+        if endian is None:
+            raise ValueError(f"{path}: expected a binary PLY, got format {fmt or 'none'!r}")
+        elements: List[Tuple[str, int, List[Tuple[str, str]]]] = []
         for h in header:
             parts = h.split()
-            if parts[:2] == ["element", "vertex"]:
-                count = int(parts[2])
+            if parts[:1] == ["element"]:
+                elements.append((parts[1], int(parts[2]), []))
             elif parts[:1] == ["property"]:
-                if parts[1] != "float":
-                    raise ValueError(f"{path}: property {parts[-1]} is {parts[1]}, expected float")
-                names.append(parts[2])
-        data = np.frombuffer(fh.read(count * 4 * len(names)), dtype=np.dtype([(n, "<f4") for n in names]), count=count)
-    rest = sorted((n for n in names if n.startswith("f_rest_")), key=lambda n: int(n.split("_")[-1]))
+                if not elements:
+                    raise ValueError(f"{path}: a property before any element")
+                if parts[1] == "list":
+                    raise ValueError(f"{path}: list property {parts[-1]!r} is not supported")
+                if parts[1] not in _PLY_READ_TYPES:
+                    raise ValueError(f"{path}: unknown property type {parts[1]!r}")
+                elements[-1][2].append((parts[2], endian + _PLY_READ_TYPES[parts[1]]))
+        if not elements or elements[0][0] != "vertex":
+            raise ValueError(f"{path}: expected 'vertex' as the first element")
+        _, count, props = elements[0]
+        dtype = np.dtype(props)
+        raw = fh.read(count * dtype.itemsize)
+        if len(raw) < count * dtype.itemsize:
+            raise ValueError(f"{path}: truncated ({len(raw)} of {count * dtype.itemsize} vertex bytes)")
+        data = np.frombuffer(raw, dtype=dtype, count=count)
+    return {name: data[name].astype(np.float32) for name in dtype.names}
+
+
+def read_gaussian_ply(path: PathLike) -> GaussianSet:
+    """Read a 3DGS-layout PLY (binary, any scalar types) into a GaussianSet.
+
+    The inverse of :func:`write_gaussian_ply`: opacities go through a sigmoid, scales through
+    exp, ``f_rest_*`` are unflattened channel by channel; rotations are returned as stored.
+    Extra properties (normals, ``view`` ...) are ignored.
+
+    Raises:
+        ValueError: not a binary PLY, or a required property is missing.
+    """
+    path = Path(path)
+    data = _read_vertex_element(path)
+    required = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2") + GAUSSIAN_TAIL
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise ValueError(f"{path}: not a 3DGS PLY, missing properties {', '.join(missing)}")
+    count = len(data["x"])
+    rest = sorted((n for n in data if n.startswith("f_rest_")), key=lambda n: int(n.split("_")[-1]))
+    if [int(n.split("_")[-1]) for n in rest] != list(range(len(rest))) or len(rest) % 3:
+        raise ValueError(f"{path}: f_rest_* properties are not 0..3m-1 ({len(rest)} found)")
     k = 1 + len(rest) // 3
+    if int(round(k**0.5)) ** 2 != k:
+        raise ValueError(f"{path}: {len(rest)} f_rest_* properties are not a whole number of SH bands")
     harm = np.zeros((count, 3, k), np.float32)
     for c in range(3):
         harm[:, c, 0] = data[f"f_dc_{c}"]
@@ -149,8 +309,8 @@ def read_gaussian_ply(path: PathLike) -> GaussianSet:
         harm[:, :, 1:] = np.stack([data[n] for n in rest], -1).reshape(count, 3, k - 1)
     return GaussianSet(
         means=np.stack([data[a] for a in "xyz"], -1),
-        scales=np.exp(np.stack([data[f"scale_{i}"] for i in range(3)], -1)),
+        scales=np.exp(np.stack([data[f"scale_{i}"] for i in range(3)], -1).astype(np.float64)),
         rotations=np.stack([data[f"rot_{i}"] for i in range(4)], -1),
         harmonics=harm,
-        opacities=1.0 / (1.0 + np.exp(-data["opacity"].astype(np.float64))),
+        opacities=_sigmoid(data["opacity"]),
     )
