@@ -136,6 +136,7 @@ ModelConfig = Union[NetConfig, NestedConfig]
 
 def _vit(name: str) -> dict:
     return {
+        "vitt": dict(embed_dim=192, depth=8, num_heads=3, ffn="mlp", ffn_hidden=768),
         "vits": dict(embed_dim=384, depth=12, num_heads=6, ffn="mlp", ffn_hidden=1536),
         "vitb": dict(embed_dim=768, depth=12, num_heads=12, ffn="mlp", ffn_hidden=3072),
         "vitl": dict(embed_dim=1024, depth=24, num_heads=16, ffn="mlp", ffn_hidden=4096),
@@ -163,6 +164,8 @@ def _monocular(name: str) -> NetConfig:
 
 
 PRESETS: dict = {
+    # not an official checkpoint: the project's own CPU-sized demo model (embedded in the package)
+    "da3-tiny": _anyview("da3-tiny", "vitt", (3, 5, 6, 7), 4, 32, (24, 48, 96, 192)),
     "da3-small": _anyview("da3-small", "vits", (5, 7, 9, 11), 4, 64, (48, 96, 192, 384)),
     "da3-base": _anyview("da3-base", "vitb", (5, 7, 9, 11), 4, 128, (96, 192, 384, 768)),
     "da3-large": _anyview("da3-large", "vitl", (11, 15, 19, 23), 8, 256, (256, 512, 1024, 1024)),
@@ -173,6 +176,9 @@ PRESETS: dict = {
 PRESETS["da3nested-giant-large"] = NestedConfig(
     "da3nested-giant-large", anyview=PRESETS["da3-giant"], metric=PRESETS["da3metric-large"]
 )
+
+#: Presets that are the project's own (no official checkpoint on the hub).
+PROJECT_PRESETS: Tuple[str, ...] = ("da3-tiny",)
 
 #: Hugging Face repositories of the official checkpoints -> preset names.
 HUB_REPOS: dict = {
@@ -190,6 +196,7 @@ HUB_REPOS: dict = {
 
 #: Licence of each official checkpoint (the code here is Apache-2.0 regardless).
 CHECKPOINT_LICENSES: dict = {
+    "da3-tiny": "Apache-2.0",
     "da3-small": "Apache-2.0",
     "da3-base": "Apache-2.0",
     "da3metric-large": "Apache-2.0",

@@ -132,6 +132,16 @@ def _hub_download(repo_id: str, revision: Optional[str] = None) -> Path:
     return Path(cfg).parent
 
 
+EMBEDDED = "embedded"
+
+
+def embedded_model_dir() -> Path:
+    """Folder of the model shipped inside the package (``da3_plugins/data/da3-tiny``)."""
+    from importlib.resources import files
+
+    return Path(str(files("da3_plugins") / "data" / "da3-tiny"))
+
+
 # ----------------------------------------------------------------------------- state dicts
 
 
@@ -215,6 +225,11 @@ def resolve_source(source: Union[str, os.PathLike], preset: Optional[str], revis
                    validate: bool = True):
     """-> (weights path, preset name, description of the source)."""
     text = os.fspath(source)
+    if text == EMBEDDED:
+        folder = embedded_model_dir()
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{folder}: the embedded model is missing from this installation (reinstall da3-plugins)")
+        return folder / WEIGHTS_NAME, preset or preset_from_config(read_config(folder / CONFIG_NAME), folder), "embedded"
     path = Path(text).expanduser()
     if preset is not None and validate:
         get_preset(preset)  # validates the name

@@ -38,9 +38,13 @@ def depth_loss(pred: Tensor, gt: Tensor, conf: Tensor, mask: Tensor, lambda_c: f
     return _masked_mean(conf * (pred - gt).abs() - lambda_c * torch.log(conf), mask)
 
 
-def ray_loss(pred: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
-    """Mean L1 between ray maps (..., 6) over valid cells."""
-    return _masked_mean((pred - gt).abs().sum(-1), mask)
+def ray_loss(pred: Tensor, gt: Tensor, mask: Tensor, conf: Optional[Tensor] = None, lambda_c: float = 0.2) -> Tensor:
+    """Mean L1 between ray maps (..., 6) over valid cells; with the ray head's confidence
+    ``conf`` it is weighted like the depth loss: c |R^ - R| - lambda_c log c."""
+    err = (pred - gt).abs().sum(-1)
+    if conf is not None:
+        err = conf * err - lambda_c * torch.log(conf)
+    return _masked_mean(err, mask)
 
 
 def point_loss(depth: Tensor, directions: Tensor, origins: Tensor, gt_points: Tensor, mask: Tensor) -> Tensor:
@@ -77,7 +81,7 @@ def normalize_scene(depth: Tensor, points: Tensor, translations: Tensor, mask: T
         translations / scale[:, None, None], scale
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossWeights:
     depth: float = 1.0
     ray: float = 1.0

@@ -119,13 +119,16 @@ class DA3Model:
             progress=progress,
         )
 
-    def save_pretrained(self, folder: Union[str, os.PathLike]) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` in the published layout."""
+    def save_pretrained(self, folder: Union[str, os.PathLike], dtype: torch.dtype = torch.float32) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` in the published layout.
+
+        ``dtype=torch.float16`` halves the file (weights are loaded back as float32)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.to("cpu", torch.float32) for k, v in checkpoint_state_dict(self.net).items()}
+        tensors = {k: v.to("cpu", dtype if v.is_floating_point() else v.dtype)
+                   for k, v in checkpoint_state_dict(self.net).items()}
         for name, payload in ((WEIGHTS_NAME, None), (CONFIG_NAME, json.dumps({"model_name": self.preset}, indent=2))):
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
             os.close(fd)
@@ -134,6 +137,7 @@ class DA3Model:
                     save_file(tensors, tmp, metadata={"format": "pt"})
                 else:
                     Path(tmp).write_text(payload + "\n")
+                os.chmod(tmp, 0o644)
                 os.replace(tmp, folder / name)
             finally:
                 if os.path.exists(tmp):
@@ -155,7 +159,8 @@ def load_model(
         source: a folder laid out like a hub repo (``config.json`` + ``model.safetensors``),
             a ``.safetensors`` file (with ``preset=``, or a ``config.json`` beside it), or a
             hub repo id such as ``"depth-anything/DA3-BASE"`` (downloaded with
-            huggingface_hub, the ``hub`` extra).
+            huggingface_hub, the ``hub`` extra), or ``"embedded"``: the small demo model
+            shipped inside the package (da3-tiny, trained on synthetic scenes).
         device: ``None``/``"auto"`` picks CUDA, then MPS, then CPU.
         dtype: compute dtype of the ViT backbone (autocast): ``None``/float32 is exact;
             ``"bf16"`` follows the official GPU precision policy and is much faster on

@@ -237,6 +237,7 @@ OPEN_WITH = {
     "colmap": "COLMAP GUI, pycolmap, gsplat/nerfstudio trainers (ns-process-data skip)",
     "nerfstudio": "ns-train splatfacto --data <folder>",
     "depth": "any image viewer (colour maps) or tools reading 16-bit PNG",
+    "preview": "any image viewer (input views, depth maps, a rendered novel view)",
 }
 
 
@@ -257,8 +258,9 @@ def _load(args, progress: Progress):
     except (FileNotFoundError, RuntimeError, ImportError, ValueError) as exc:
         hint = ""
         if args.model is None:
-            hint = (" (no --model given: the default is the official "
-                    f"{DEFAULT_MODEL}; pass --model with a local model folder)")
+            hint = (f" (no --model given, so the official {DEFAULT_MODEL} was tried. Download it on a "
+                    f"machine with access: huggingface-cli download {DEFAULT_MODEL} --local-dir DA3_DIR, "
+                    "then pass --model DA3_DIR; or use --model embedded, the small offline demo model)")
         text = str(exc) if source in str(exc) else f"{source}: {exc}"
         raise UsageError(f"--model {text}{hint}") from None
     progress.update("model", 1, 1, f"{model.preset} on {model.device}")
@@ -382,6 +384,209 @@ def cmd_blender_build(args, progress: Progress) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- training
+
+
+def _size(text: str):
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 126x168, got {text!r}") from None
+    if h <= 0 or w <= 0 or h % 14 or w % 14:
+        raise argparse.ArgumentTypeError(f"expected sides that are positive multiples of 14, got {text!r}")
+    return h, w
+
+
+def _views(text: str):
+    try:
+        lo, _, hi = text.partition("-")
+        lo, hi = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX such as 2-4, got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
+def train_config_from_args(args):
+    """The TrainConfig of ``da3p train`` arguments (defaults: the embedded model's recipe)."""
+    from da3_plugins.core.losses import LossWeights
+    from da3_plugins.core.training import SyntheticDataConfig, TrainConfig
+
+    base = TrainConfig()
+    syn = base.synthetic
+    h, w = args.size or (syn.height, syn.width)
+    lo, hi = args.views or (syn.min_views, syn.max_views)
+    init = args.init
+    if init == "embedded":
+        init = str(embedded_model_dir())
+    try:
+        syn = SyntheticDataConfig(height=h, width=w, scenes=args.scenes or syn.scenes,
+                                  views_per_scene=max(syn.views_per_scene, hi), min_views=lo, max_views=hi,
+                                  seed=args.data_seed)
+        return TrainConfig(
+            preset=args.preset, init=init, data=args.data, teacher=args.teacher, synthetic=syn, freeze_backbone=args.freeze_backbone,
+            steps=args.steps or base.steps, batch_size=args.batch_size or base.batch_size, lr=args.lr or base.lr,
+            backbone_lr_scale=args.backbone_lr_scale, warmup=base.warmup if args.warmup is None else args.warmup,
+            pose_condition_prob=base.pose_condition_prob if args.pose_condition is None else args.pose_condition,
+            save_every=args.save_every or base.save_every, seed=args.seed,
+            loss=LossWeights(camera=base.loss.camera if args.camera_weight is None else args.camera_weight),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def embedded_model_dir():
+    from da3_plugins.core.loading import embedded_model_dir as find
+
+    return find()
+
+
+def cmd_train(args, progress: Progress) -> int:
+    import torch
+
+    from da3_plugins.core.training import train
+
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data}: no such folder")
+    if args.init is not None and args.init != "embedded" and not Path(args.init).exists() and args.init.count("/") != 1:
+        raise UsageError(f"--init {args.init}: no such checkpoint folder or file")
+    cfg = train_config_from_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {args.output}: exists and is not a folder")
+    if cfg.data is not None:
+        from da3_plugins.core.datasets import FolderDataset
+
+        try:
+            FolderDataset(cfg.data)
+        except ValueError as exc:
+            raise UsageError(f"--data {exc}") from None
+    log_file = None
+
+    def log(entry):
+        nonlocal log_file
+        if log_file is None:  # opened at the first step, once the run has started
+            log_file = open(out / "train_log.jsonl", "a")
+        log_file.write(json.dumps(entry) + "\n")
+        log_file.flush()
+        if progress.mode == "json":
+            progress.emit("step", **entry)
+
+    try:
+        result = train(cfg, out, resume=args.resume, progress=progress.mode == "bar", log=log, device=args.device)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        if log_file is not None:
+            log_file.close()
+    last = result.history[-1] if result.history else {}
+    first = result.history[0] if result.history else {}
+    print(f"Done: {result.steps} steps in {result.seconds:.0f} s; loss {first.get('loss', float('nan')):.3f} -> "
+          f"{last.get('loss', float('nan')):.3f}. Checkpoint: {out}/ (config.json + model.safetensors)")
+    print(f"  evaluate it: da3p eval --model {out}    use it: da3p reconstruct PHOTOS -o OUT --model {out}")
+    return 0
+
+
+def cmd_eval(args, progress: Progress) -> int:
+    import torch
+
+    from da3_plugins.core.evaluation import evaluate, heldout_scenes
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device = "cpu" if args.device == "auto" else args.device
+    args.dtype = None
+    model = _load(args, progress)
+    if not model.predicts_cameras:
+        raise UsageError(f"--model {args.model}: {model.preset} predicts no cameras; da3p eval scores poses too "
+                         "(use an any-view model)")
+    if args.data is not None:
+        from da3_plugins.core.datasets import FolderDataset
+        from da3_plugins.core.training import fit_views
+
+        try:
+            ds = FolderDataset(args.data)
+        except ValueError as exc:
+            raise UsageError(f"--data {exc}") from None
+        h, w = args.size or (126, 168)
+        scenes = []
+        for i in range(len(ds)):
+            s = ds[i]
+            s.images, s.depth, s.intrinsics = fit_views(s.images, s.depth, s.intrinsics, h, w)
+            scenes.append(s)
+        where = f"{len(scenes)} scenes of {args.data}"
+    else:
+        h, w = args.size or (126, 168)
+        progress.update("scenes", 0, args.scenes, "rendering held-out synthetic scenes")
+        scenes = heldout_scenes(args.scenes, views=args.views, height=h, width=w, seed=args.seed)
+        progress.update("scenes", args.scenes, args.scenes, "done")
+        where = f"{len(scenes)} held-out synthetic scenes (seed {args.seed}), {args.views} views each, {h}x{w}"
+    table = evaluate(model, scenes, baselines=not args.no_baselines, random_baseline=not args.no_baselines,
+                     progress=lambda d, t: progress.update("eval", d, t, ""),
+                     name=args.model if args.model and args.model != "embedded" else f"{model.preset} (embedded)")
+    if args.json:
+        from da3_plugins.core.reconstruction import atomic_path
+
+        with atomic_path(Path(args.json)) as tmp:
+            Path(tmp).write_text(json.dumps({"scenes": where, **table.to_json()}, indent=2) + "\n")
+    print(f"Evaluation on {where}:")
+    print(table.format())
+    print("AUC, delta1 and F-score in percent; AbsRel after one median scale per scene; Chamfer in units of the "
+          "median true depth, F-score at 5% of it, after a Sim(3) fit.")
+    return 0
+
+
+def cmd_demo(args, progress: Progress) -> int:
+    import numpy as np
+
+    from da3_plugins.core import load_model
+    from da3_plugins.core.export import write_preview
+    from da3_plugins.core.images import load_images
+
+    demo = Path(__file__).resolve().parent / "data" / "demo"
+    files = sorted(demo.glob("view_*.png"))
+    if not files:
+        raise UsageError(f"{demo}: the bundled demo photos are missing (reinstall da3-plugins)")
+    start = time.time()
+    out = OutputDir(args.output, args.overwrite)
+    try:
+        progress.update("model", 0, 1, "embedded")
+        try:
+            model = load_model("embedded", device="cpu")
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        progress.update("model", 1, 1, f"{model.preset} (embedded, {sum(p.numel() for p in model.net.parameters()) / 1e6:.1f} M parameters)")
+        rec = model.reconstruct(load_images([str(f) for f in files]), process_res=args.process_res, progress=progress)
+        written = write_exports(rec, out.tmp, ["scene", "ply", "glb", "colmap", "depth"], conf_threshold="auto",
+                                progress=progress)
+        progress.update("preview", 0, 1, "rendering")
+        write_preview(out.tmp / "preview.png", rec)
+        progress.update("preview", 1, 1, "done")
+        written["preview"] = "preview.png"
+        truth = json.loads((demo / "cameras.json").read_text())
+        gt = np.array([f["w2c"] for f in truth["frames"]], dtype=np.float64)
+        from da3_plugins.core.geometry import pose_auc, relative_pose_errors
+
+        r_err, t_err = relative_pose_errors(rec.extrinsics, gt)
+        auc = pose_auc(rec.extrinsics, gt, thresholds=(3, 30))
+        final = out.commit()
+    except BaseException:
+        out.discard()
+        raise
+    seconds = time.time() - start
+    _report(final, written, progress,
+            f"{len(rec)} demo views reconstructed with the embedded da3-tiny at {rec.width}x{rec.height} in {seconds:.1f} s")
+    if progress.mode != "json":
+        print(f"  camera error against the true cameras: median rotation {np.median(r_err):.1f} deg, "
+              f"translation direction {np.median(t_err):.1f} deg (pose AUC@30 {100 * auc['auc30']:.1f})")
+        print("  The embedded model is a small demo model trained on synthetic rooms; for real photos use an "
+              "official checkpoint: da3p reconstruct PHOTOS -o OUT --model depth-anything/DA3-BASE")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -426,6 +631,55 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("scene", help="a scene file written by da3p reconstruct (scene.npz)")
     common_out(e)
     e.set_defaults(func=cmd_export)
+
+    t = sub.add_parser("train", help="train or fine-tune a model (synthetic scenes or your own data)")
+    t.add_argument("-o", "--output", required=True, help="run folder: checkpoints (config.json + model.safetensors), "
+                   "optimizer state and train_log.jsonl")
+    t.add_argument("--preset", default="da3-tiny", help="architecture to train from scratch (default da3-tiny)")
+    t.add_argument("--init", default=None, help="checkpoint to fine-tune from: model folder, .safetensors, hub id or 'embedded'")
+    t.add_argument("--data", default=None, help="folder of your scenes (docs/training-data.md); default: synthetic scenes")
+    t.add_argument("--teacher", default=None, help="with --data: a model whose depth, aligned to your sparse/noisy "
+                   "depth by RANSAC, becomes the dense label (teacher-student pseudo-labels)")
+    t.add_argument("--freeze-backbone", action="store_true", help="train only the heads and camera modules")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2500)")
+    t.add_argument("--batch-size", type=int, default=None, help="scenes per step (default 4)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-4)")
+    t.add_argument("--backbone-lr-scale", type=float, default=1.0, help="backbone learning-rate factor (e.g. 0.1 to fine-tune)")
+    t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 100)")
+    t.add_argument("--views", type=_views, default=None, help="views per sample, MIN-MAX (default 2-4)")
+    t.add_argument("--size", type=_size, default=None, help="training image size HEIGHTxWIDTH (default 126x168)")
+    t.add_argument("--scenes", type=int, default=None, help="synthetic scenes in the pool (default 320)")
+    t.add_argument("--pose-condition", type=float, default=None, help="fraction of steps conditioned on true cameras (default 0.2)")
+    t.add_argument("--camera-weight", type=float, default=None, help="weight of the camera loss (default 1)")
+    t.add_argument("--seed", type=int, default=0, help="seeds weights, batches and everything random (default 0)")
+    t.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic scene pool (default 0)")
+    t.add_argument("--save-every", type=int, default=None, help="checkpoint interval in steps (default 250)")
+    t.add_argument("--resume", action="store_true", help="continue the run saved in the output folder")
+    t.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
+    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    t.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="score a model on held-out scenes next to trivial baselines")
+    ev.add_argument("--model", default=None, help="model folder, .safetensors, hub id or 'embedded'")
+    ev.add_argument("--data", default=None, help="folder of scenes with depth and cameras (default: synthetic)")
+    ev.add_argument("--scenes", type=int, default=24, help="held-out synthetic scenes (default 24)")
+    ev.add_argument("--views", type=int, default=4, help="views per synthetic scene (default 4)")
+    ev.add_argument("--size", type=_size, default=None, help="image size HEIGHTxWIDTH (default 126x168)")
+    ev.add_argument("--seed", type=int, default=1000, help="seed of the held-out pool (default 1000; training uses 0)")
+    ev.add_argument("--no-baselines", action="store_true", help="score the model only")
+    ev.add_argument("--json", default=None, help="also write the table as JSON to this file")
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    ev.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="reconstruct the bundled example with the embedded model (offline)")
+    d.add_argument("-o", "--output", default="da3-demo", help="output folder (default da3-demo)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    d.add_argument("--process-res", type=int, default=168, help="network input size (default 168, the embedded model's)")
+    d.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("info", help="what a model is and can do")
     i.add_argument("model", help="preset name, hub repo id, model folder or .safetensors file")

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from da3_plugins.core import HUB_REPOS, PRESETS, load_model, random_model
+from da3_plugins.core.config import PROJECT_PRESETS
 from da3_plugins.core.loading import CheckpointError, build_empty, checkpoint_state_dict
 from helpers import random_cameras, random_images
 
@@ -57,7 +58,7 @@ def test_hub_repo_ids_map_to_presets():
     assert HUB_REPOS["depth-anything/DA3-LARGE-1.1"] == "da3-large"
     assert HUB_REPOS["depth-anything/DA3-GIANT-1.1"] == "da3-giant"
     assert HUB_REPOS["depth-anything/DA3NESTED-GIANT-LARGE-1.1"] == "da3nested-giant-large"
-    assert set(HUB_REPOS.values()) == set(PRESETS)
+    assert set(HUB_REPOS.values()) == set(PRESETS) - set(PROJECT_PRESETS)
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +141,8 @@ def test_bad_config_and_missing_files(small_folder, tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
         load_model(tmp_path)
-    with pytest.raises(ValueError, match="unknown DA3 preset 'da3-tiny'"):
-        load_model(tmp_path, preset="da3-tiny")
+    with pytest.raises(ValueError, match="unknown DA3 preset 'da3-nano'"):
+        load_model(tmp_path, preset="da3-nano")
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps({"model_name": "da3-small"}))

@@ -10,6 +10,7 @@ from .depth_images import colorize_confidence, colorize_depth, depth_to_uint16, 
 from .gltf import write_glb
 from .nerfstudio import write_nerfstudio
 from .ply import read_gaussian_ply, write_gaussian_ply, write_point_ply
+from .preview import preview_image, write_preview
 from .video import write_gaussian_video
 
 __all__ = [
@@ -24,4 +25,6 @@ __all__ = [
     "write_glb",
     "write_nerfstudio",
     "write_point_ply",
+    "preview_image",
+    "write_preview",
 ]
