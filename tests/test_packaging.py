@@ -19,6 +19,10 @@ def test_wheel_has_only_the_da3_plugins_namespace(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"da3_plugins"}, tops
     assert "da3_plugins/core/network.py" in names
+    # the embedded model and the demo photos travel with the wheel (make demo works offline)
+    for data in ("data/da3-tiny/model.safetensors", "data/da3-tiny/config.json", "data/demo/view_00.png",
+                 "data/demo/cameras.json"):
+        assert f"da3_plugins/{data}" in names, data
     top_level = next(n for n in names if n.endswith("top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["da3_plugins"]
 
