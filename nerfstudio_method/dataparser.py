@@ -37,6 +37,13 @@ from da3_plugins.core import conventions as conv
 from da3_plugins.core.reconstruction import Reconstruction
 
 CACHE_VERSION = 1
+SEED_FOOTPRINT = 0.6
+"""Standard deviation, in pixels of the view that saw it, of the splat drawn for a seed point."""
+EPS2D = 0.3
+"""Pixels^2 the rasterisers add to every projected covariance (gsplat's ``eps2d``, also
+``core.render``'s): a splat is never narrower than sqrt(0.3) = 0.55 px."""
+MIN_FOOTPRINT = 0.1
+"""Smallest standard deviation, in pixels, of a seed Gaussian itself (before EPS2D)."""
 
 
 @dataclass
@@ -62,6 +69,10 @@ class DA3DataParserConfig(DataParserConfig):
     """Seed points need confidence >= this; -1 uses the official percentile rule."""
     max_points: int = 200_000
     """At most this many seed points (a seeded random subset)."""
+    dedupe_views: bool = True
+    """Keep each surface patch once: drop a view's seed point where another view sees the same
+    surface more finely (every view's depth map covers the overlap again; the copies are
+    redundant and, drawn as splats, the nearest copy occludes its neighbours)."""
     orientation_method: Literal["pca", "up", "vertical", "none"] = "up"
     center_method: Literal["poses", "focus", "none"] = "poses"
     auto_scale_poses: bool = True
@@ -178,19 +189,28 @@ class DA3DataParser(DataParser):
             height=torch.from_numpy(hw[:, 0]).int()[idx, None], width=torch.from_numpy(hw[:, 1]).int()[idx, None],
             camera_to_worlds=poses[idx], camera_type=CameraType.PERSPECTIVE)
 
-        thr = None if c.conf_threshold < 0 else c.conf_threshold
-        cloud = rec.points(conf_threshold="auto" if thr is None else thr)
+        thr = rec.default_conf_threshold() if c.conf_threshold < 0 else c.conf_threshold
+        valid = rec.valid_mask(thr)
+        cloud = rec.points(conf_threshold=thr)
         pts = cloud.positions.astype(np.float64)
         colors, conf, view = cloud.colors, cloud.confidence, cloud.view
-        if len(pts) > c.max_points:
+        # the part of the full-density cloud that is left: after the confidence threshold ...
+        density = len(pts) / max(int(rec.valid_mask().sum()), 1)
+        if c.dedupe_views and rec.num_views > 1:
+            keep = ~finer_elsewhere(rec, pts, view, valid)
+            pts, colors, conf, view = pts[keep], colors[keep], conf[keep], view[keep]
+        if len(pts) > c.max_points:  # ... and after max_points (of the points that are not redundant)
+            density *= c.max_points / len(pts)
             pick = np.sort(np.random.default_rng(0).choice(len(pts), c.max_points, replace=False))
             pts, colors, conf, view = pts[pick], colors[pick], conf[pick], view[pick]
-        # footprint of a pixel at the point's depth in the view that saw it (a Gaussian per
-        # point of a subsampled cloud is wider by the square root of the subsampling)
+        # a Gaussian per point, about a pixel wide at its depth in the view that saw it: the
+        # splat drawn is its projection plus the rasteriser's EPS2D low-pass filter, so the 3-D
+        # scale makes up the rest of SEED_FOOTPRINT; a thinned cloud gets wider splats, by the
+        # square root of the thinning
         ext = rec.extrinsics[view]
         z = np.einsum("nj,nj->n", ext[:, 2, :3], pts) + ext[:, 2, 3]
-        kept = max(len(pts), 1) / max(int(rec.valid_mask().sum()), 1)
-        scales = 0.6 * z / rec.intrinsics[view, 0, 0] / np.sqrt(min(1.0, kept))
+        footprint = np.sqrt(max(SEED_FOOTPRINT**2 / min(1.0, max(density, 1e-9)) - EPS2D, MIN_FOOTPRINT**2))  # px
+        scales = footprint * z / rec.intrinsics[view, 0, 0]
         opacity = np.clip(1.0 - 1.0 / np.maximum(conf, 1.0), 0.05, 0.95) if rec.conf is not None else np.full(len(pts), 0.9)
         pts_t = torch.from_numpy(pts).float()
         pts_t = (torch.cat([pts_t, torch.ones_like(pts_t[:, :1])], -1) @ transform.T) * scale
@@ -229,6 +249,49 @@ class DA3DataParser(DataParser):
                 Image.fromarray(q).save(path)
             paths.append(path)
         return paths, unit
+
+
+def finer_elsewhere(rec: Reconstruction, points: np.ndarray, view: np.ndarray, valid: np.ndarray,
+                    tol: float = 0.02) -> np.ndarray:
+    """(P,) bool: the points of a multi-view cloud that another view samples more finely.
+
+    ``points`` (P, 3) world, ``view`` (P,) the view each comes from, ``valid`` (N, H, W) the
+    pixels that made points.  View j *sees* a point when it projects within j's grid of pixel
+    centres onto valid pixels and its depth in j matches j's depth map there (inverse depth
+    interpolated bilinearly -- exact on planes -- within a relative ``tol``); it samples it
+    more finely when the point's depth per pixel (z / fx) is smaller in j than in its own view
+    (ties to the lower index).  A point no other view sees (occlusion, edges, depth that
+    disagrees between views) is never reported, so dropping the reported points leaves each
+    surface patch to the one view that sees it best.
+    """
+    pts = np.asarray(points, np.float64)
+    view = np.asarray(view)
+    n, h, w = rec.depth.shape
+    ext, k = rec.extrinsics, rec.intrinsics
+    own = (np.einsum("pj,pj->p", ext[view, 2, :3], pts) + ext[view, 2, 3]) / k[view, 0, 0]
+    inv = np.where(valid, 1.0 / np.where(valid, rec.depth, 1.0), np.nan)
+    out = np.zeros(len(pts), bool)
+    for j in range(n):
+        cam = pts @ ext[j, :, :3].T + ext[j, :, 3]
+        step = cam[:, 2] / k[j, 0, 0]
+        cand = np.flatnonzero((view != j) & (cam[:, 2] > 0) & ((step < own) | ((step == own) & (j < view))))
+        if cand.size == 0:
+            continue
+        c = cam[cand]
+        uvw = c @ k[j].T
+        u = uvw[:, 0] / uvw[:, 2] - 0.5  # pixel centres at integers
+        v = uvw[:, 1] / uvw[:, 2] - 0.5
+        inside = (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
+        u0 = np.clip(np.floor(np.where(inside, u, 0)).astype(np.int64), 0, max(w - 2, 0))
+        v0 = np.clip(np.floor(np.where(inside, v, 0)).astype(np.int64), 0, max(h - 2, 0))
+        u1, v1 = np.minimum(u0 + 1, w - 1), np.minimum(v0 + 1, h - 1)
+        fu, fv = np.clip(u - u0, 0, 1), np.clip(v - v0, 0, 1)
+        d = inv[j]
+        interp = ((1 - fv) * ((1 - fu) * d[v0, u0] + fu * d[v0, u1]) + fv * ((1 - fu) * d[v1, u0] + fu * d[v1, u1]))
+        with np.errstate(invalid="ignore"):
+            seen = inside & (np.abs(interp * c[:, 2] - 1.0) <= tol)
+        out[cand[seen]] = True
+    return out
 
 
 def _transform_gaussians(gs, transform: np.ndarray, scale: float) -> dict:
