@@ -582,8 +582,10 @@ def cmd_demo(args, progress: Progress) -> int:
     if progress.mode != "json":
         print(f"  camera error against the true cameras: median rotation {np.median(r_err):.1f} deg, "
               f"translation direction {np.median(t_err):.1f} deg (pose AUC@30 {100 * auc['auc30']:.1f})")
-        print("  The embedded model is a small demo model trained on synthetic rooms; for real photos use an "
-              "official checkpoint: da3p reconstruct PHOTOS -o OUT --model depth-anything/DA3-BASE")
+        print("  The embedded model is a small demo model trained on synthetic rooms: its depth maps are usable, its "
+              "cameras are not (the views' point clouds do not line up; see README, The embedded model).")
+        print("  For real photos use an official checkpoint: huggingface-cli download depth-anything/DA3-BASE "
+              "--local-dir DA3-BASE, then da3p reconstruct PHOTOS -o OUT --model DA3-BASE")
     return 0
 
 

@@ -173,3 +173,17 @@ def test_cli_train_and_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", "-o", str(tmp_path / "x"), "--size", "40x56"])
     assert exc.value.code == 2
+
+
+def test_the_readme_training_command_is_the_embedded_recipe():
+    """`make embedded-model` runs `da3p train -o runs/da3-tiny --threads 2`: its config must be
+    the default TrainConfig that the packed model's eval.json records."""
+    from importlib.resources import files
+
+    from da3_plugins.cli import build_parser, train_config_from_args
+
+    cfg = train_config_from_args(build_parser().parse_args(["train", "-o", "runs/da3-tiny", "--threads", "2"]))
+    assert cfg == TrainConfig()
+    packed = json.loads((files("da3_plugins") / "data" / "da3-tiny" / "eval.json").read_text())
+    assert packed["training"]["steps"] == cfg.steps
+    assert TrainConfig.from_json(packed["training"]["config"]) == cfg
