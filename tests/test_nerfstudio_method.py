@@ -63,3 +63,30 @@ def test_train_on_cpu_and_export(tmp_path, start):
 def test_method_registered():
     res = subprocess.run([str(BIN / "ns-train"), "--help"], capture_output=True, text=True, timeout=300)
     assert "da3-splat" in res.stdout + res.stderr
+
+
+def test_nerfacto_trains_on_da3_data_on_cpu(tmp_path):
+    """Any method can take da3-data in place of COLMAP output: nerfstudio's own nerfacto trains
+    on a DA3 scene file on CPU.  nerfacto always builds LPIPS, whose AlexNet weights torchvision
+    would download; the test puts random AlexNet weights in a private torch hub cache instead
+    (they only affect the LPIPS metric), so nothing is downloaded."""
+    import torch
+    import torchvision
+
+    scene = make_scene(num_views=5, height=84, width=112, seed=3)
+    data = scene.to_reconstruction(conf=np.full(scene.depth.shape, 2.0, np.float32)).save(tmp_path / "scene.npz")
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), hub / "alexnet-owt-7be5be79.pth")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "torch"))
+    train = subprocess.run(
+        [str(BIN / "ns-train"), "nerfacto", "--max-num-iterations", "3", "--steps-per-save", "2",
+         "--machine.device-type", "cpu", "--vis", "tensorboard", "--output-dir", str(tmp_path / "out"),
+         "da3-data", "--data", str(data)],
+        capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "Downloading" not in train.stdout + train.stderr
+    config = next((tmp_path / "out").rglob("config.yml"))
+    assert "nerfacto" in config.read_text() and "DA3DataParserConfig" in config.read_text()
+    assert list((config.parent / "nerfstudio_models").glob("step-*.ckpt"))
