@@ -40,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import conventions as conv
 from .colmap_io import ColmapModel, model_format, read_colmap_model
+from .export.depth_images import depth_to_uint16, uint16_to_depth
 from .reconstruction import atomic_folder
 
 PathLike = Union[str, os.PathLike]
@@ -390,6 +391,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _read_image(f: Path) -> np.ndarray:
+    """(H, W, 3) uint8 as stored.  Not ``images.load_image_file``: that one turns photos upright
+    by their EXIF tag, which would no longer match the K and poses given for the stored pixels."""
     if not f.is_file():
         raise ValueError(f"{f}: image missing")
     if f.suffix.lower() not in IMAGE_SUFFIXES:
@@ -457,7 +460,7 @@ def _read_depth(f: Path, png_unit) -> np.ndarray:
             raise ValueError(f"{f}: expected a 16-bit single-channel PNG, got mode {mode}")
         if raw.min(initial=0) < 0 or raw.max(initial=0) > 65535:
             raise ValueError(f"{f}: values outside 0..65535")
-        d = (raw.astype(np.float64) * png_unit(f)).astype(np.float32)
+        d = np.nan_to_num(uint16_to_depth(raw, png_unit(f)), nan=0.0)  # 0 stays "unknown"
     else:
         raise ValueError(f"{f}: unsupported depth file (use .npy or 16-bit .png)")
     if not np.all(np.isfinite(d)):
@@ -498,12 +501,10 @@ def write_scene_folder(path: PathLike, sample: TrainingSample, *, depth_format: 
         if isinstance(depth_unit, bool) or not isinstance(depth_unit, (int, float)) or not (
                 math.isfinite(depth_unit) and depth_unit > 0):
             raise ValueError(f"depth_unit: expected a positive number, got {depth_unit!r}")
-        steps = np.round(depth.astype(np.float64) / depth_unit)
-        if steps.max(initial=0) > 65535:
+        if np.round(float(depth.max(initial=0)) / depth_unit) > 65535:
             raise ValueError(f"depth_unit: the deepest value {float(depth.max()):g} needs more than 16 bits at "
                              f"unit {depth_unit:g}; use a unit >= {float(depth.max()) / 65535:.3g}")
-        steps[(depth > 0) & (steps == 0)] = 1  # known depth never becomes "unknown"
-        q = steps.astype(np.uint16)
+        q, _ = depth_to_uint16(depth, depth_unit)  # known depth never becomes "unknown" (0)
     n = sample.num_views
     digits = max(3, len(str(n - 1)))
     frames = []

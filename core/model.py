@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -125,23 +124,16 @@ class DA3Model:
         ``dtype=torch.float16`` halves the file (weights are loaded back as float32)."""
         from safetensors.torch import save_file
 
+        from .reconstruction import atomic_path
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.to("cpu", dtype if v.is_floating_point() else v.dtype)
                    for k, v in checkpoint_state_dict(self.net).items()}
-        for name, payload in ((WEIGHTS_NAME, None), (CONFIG_NAME, json.dumps({"model_name": self.preset}, indent=2))):
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                if payload is None:
-                    save_file(tensors, tmp, metadata={"format": "pt"})
-                else:
-                    Path(tmp).write_text(payload + "\n")
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, folder / name)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        with atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        with atomic_path(folder / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps({"model_name": self.preset}, indent=2) + "\n")
         return folder
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,9 +38,9 @@ from torch import Tensor
 from . import losses as L
 from .camera import encode_pose
 from .config import PATCH_SIZE, get_preset
+from .preprocess import normalize
+from .reconstruction import atomic_path
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STATE_WEIGHTS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 
@@ -208,6 +207,8 @@ def fit_views(images: np.ndarray, depth: np.ndarray, intrinsics: np.ndarray, hei
     intrinsics follow.  images (N, h, w, 3) uint8, depth (N, h, w), intrinsics (N, 3, 3)."""
     import cv2
 
+    from .preprocess import _resize
+
     n, h, w = depth.shape
     target = width / height
     if w / h > target:  # too wide: crop columns
@@ -221,9 +222,8 @@ def fit_views(images: np.ndarray, depth: np.ndarray, intrinsics: np.ndarray, hei
     sx, sy = width / cw, height / ch
     k[:, 0] *= sx
     k[:, 1] *= sy
-    interp = cv2.INTER_AREA if sx < 1 else cv2.INTER_CUBIC
-    out_i = np.stack([cv2.resize(np.ascontiguousarray(im[y0:y0 + ch, x0:x0 + cw]), (width, height),
-                                 interpolation=interp) for im in images])
+    out_i = np.stack([_resize(np.ascontiguousarray(im[y0:y0 + ch, x0:x0 + cw]), width, height, enlarge=sx >= 1)
+                      for im in images])
     out_d = np.stack([cv2.resize(np.ascontiguousarray(d[y0:y0 + ch, x0:x0 + cw]), (width, height),
                                  interpolation=cv2.INTER_NEAREST) for d in depth.astype(np.float32)])
     return out_i, out_d, k
@@ -280,9 +280,9 @@ class FolderData:
             s = self.dataset[index]
             imgs, depth, k = fit_views(s.images, s.depth, s.intrinsics, self.config.height, self.config.width)
             if self.teacher is not None:
-                rec = self.teacher.reconstruct(list(imgs), process_res=max(imgs.shape[1:3]), seed=0)
-                if rec.depth.shape == depth.shape:
-                    depth = pseudo_label_depth(rec.depth, depth)
+                rec = self.teacher.reconstruct(list(imgs), process_res=max(imgs.shape[1:3]),
+                                               process_res_method="upper_bound_resize", seed=0)
+                depth = pseudo_label_depth(rec.depth, depth)  # same size: sides are multiples of 14
             self._cache[index] = (imgs, depth, np.asarray(s.extrinsics, np.float64)[:, :3], k)
         return self._cache[index]
 
@@ -317,15 +317,6 @@ class Targets:
     scale: Tensor  # (B,)
 
 
-def normalize_images(images: np.ndarray) -> Tensor:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 ImageNet-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-    x = x.movedim(-1, -3)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
-
-
 def prepare_targets(batch: Batch) -> Targets:
     """Ground truth in the first view's frame, scaled so that the mean distance of the valid
     points from the first camera is 1 (the paper's normalisation)."""
@@ -356,7 +347,8 @@ def prepare_targets(batch: Batch) -> Targets:
     c2w_t[..., :3, 3] = trans
     kt = torch.from_numpy(k.astype(np.float32))
     pose = encode_pose(c2w_t, kt, (h, w))
-    return Targets(images=normalize_images(batch.images), depth=depth, mask=mask, points=points, rays=rays,
+    images = normalize(batch.images.reshape(b * n, h, w, 3)).unflatten(0, (b, n))
+    return Targets(images=images, depth=depth, mask=mask, points=points, rays=rays,
                    ray_mask=torch.ones(rays.shape[:-1], dtype=torch.bool), pose=pose,
                    w2c=torch.linalg.inv(c2w_t), intrinsics=kt, scale=scale)
 
@@ -398,18 +390,6 @@ def compute_losses(out: Dict[str, Tensor], tgt: Targets, weights: L.LossWeights)
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_checkpoint(folder: Path, model, optimizer, step: int, config: TrainConfig, history: List[dict]) -> None:
     """Weights in the hub layout, then the optimizer state and the run's progress."""
     from safetensors.torch import save_file
@@ -420,9 +400,11 @@ def save_checkpoint(folder: Path, model, optimizer, step: int, config: TrainConf
     for idx, st in opt["state"].items():
         for key, val in st.items():
             tensors[f"state.{idx}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
-    _write_atomic(folder / STATE_WEIGHTS, lambda p: save_file(tensors, p))
+    with atomic_path(folder / STATE_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
     meta = {"step": step, "config": config.to_json(), "param_groups": opt["param_groups"], "history": history}
-    _write_atomic(folder / STATE_JSON, lambda p: Path(p).write_text(json.dumps(meta, indent=1) + "\n"))
+    with atomic_path(folder / STATE_JSON) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def _load_state(folder: Path, optimizer) -> Tuple[int, List[dict]]:
@@ -578,6 +560,6 @@ def _to(t: Targets, dev: torch.device) -> Targets:
 __all__ = [
     "SyntheticDataConfig", "TrainConfig", "Batch", "SyntheticData", "FolderData", "fit_views", "pseudo_label_depth",
     "Targets",
-    "normalize_images", "prepare_targets", "forward_for_training", "compute_losses", "save_checkpoint",
+    "prepare_targets", "forward_for_training", "compute_losses", "save_checkpoint",
     "TrainResult", "build_model", "train",
 ]

@@ -417,15 +417,12 @@ def train_config_from_args(args):
     syn = base.synthetic
     h, w = args.size or (syn.height, syn.width)
     lo, hi = args.views or (syn.min_views, syn.max_views)
-    init = args.init
-    if init == "embedded":
-        init = str(embedded_model_dir())
     try:
         syn = SyntheticDataConfig(height=h, width=w, scenes=args.scenes or syn.scenes,
                                   views_per_scene=max(syn.views_per_scene, hi), min_views=lo, max_views=hi,
                                   seed=args.data_seed)
         return TrainConfig(
-            preset=args.preset, init=init, data=args.data, teacher=args.teacher, synthetic=syn, freeze_backbone=args.freeze_backbone,
+            preset=args.preset, init=args.init, data=args.data, teacher=args.teacher, synthetic=syn, freeze_backbone=args.freeze_backbone,
             steps=args.steps or base.steps, batch_size=args.batch_size or base.batch_size, lr=args.lr or base.lr,
             backbone_lr_scale=args.backbone_lr_scale, warmup=base.warmup if args.warmup is None else args.warmup,
             pose_condition_prob=base.pose_condition_prob if args.pose_condition is None else args.pose_condition,
@@ -434,12 +431,6 @@ def train_config_from_args(args):
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def embedded_model_dir():
-    from da3_plugins.core.loading import embedded_model_dir as find
-
-    return find()
 
 
 def cmd_train(args, progress: Progress) -> int:
@@ -526,7 +517,7 @@ def cmd_eval(args, progress: Progress) -> int:
         where = f"{len(scenes)} held-out synthetic scenes (seed {args.seed}), {args.views} views each, {h}x{w}"
     table = evaluate(model, scenes, baselines=not args.no_baselines, random_baseline=not args.no_baselines,
                      progress=lambda d, t: progress.update("eval", d, t, ""),
-                     name=args.model if args.model and args.model != "embedded" else f"{model.preset} (embedded)")
+                     name=f"{model.preset} (embedded)" if args.model == "embedded" else (args.model or model.preset))
     if args.json:
         from da3_plugins.core.reconstruction import atomic_path
 
