@@ -9,6 +9,10 @@
   rays) and the true points;
 * :func:`camera_loss` -- L1 between pose codes (translation, quaternion up to sign, fields of view);
 * :func:`gradient_loss` -- L1 between the horizontal and vertical depth differences (edges);
+* :func:`correspondence_loss` -- an optional training aid, not in the paper: cross-entropy that
+  makes one attention head of each cross-view block point from a patch of view j to the patch
+  of view 0 that sees the same surface (targets from :func:`correspondence_targets`); it only
+  shapes training, the network and its outputs are unchanged;
 * :func:`normalize_scene` -- ground truth divided by the mean distance of its valid points from
   the first camera, so that every scene has unit scale;
 * :func:`ransac_scale_shift` -- aligns a teacher's relative depth to sparse / noisy metric depth.
@@ -61,6 +65,47 @@ def camera_loss(pred: Tensor, gt: Tensor) -> Tensor:
     return (t + q + fov).mean()
 
 
+def correspondence_targets(points: Tensor, mask: Tensor, depth: Tensor, intrinsics: Tensor, patch: int,
+                           tol: float = 0.03) -> Tuple[Tensor, Tensor]:
+    """Which patch of view 0 sees the surface at the centre of each patch of views 1..N-1.
+
+    points (B, N, H, W, 3) in view 0's camera frame, mask (B, N, H, W) valid, depth (B, N, H, W)
+    in the same units, intrinsics (B, N, 3, 3) pixels; ``patch`` the patch size.  A centre
+    counts when its depth is valid, it projects in front of and inside view 0, and view 0's
+    depth there agrees within ``tol`` (relative; otherwise it is occluded).
+    Returns idx (B, N-1, P) row-major patch indices of view 0 and ok (B, N-1, P) bool.
+    """
+    b, n, h, w = depth.shape
+    ph, pw = h // patch, w // patch
+    rows = torch.arange(ph, device=depth.device) * patch + patch // 2
+    cols = torch.arange(pw, device=depth.device) * patch + patch // 2
+    pts = points[:, 1:][:, :, rows][:, :, :, cols]  # (B, N-1, ph, pw, 3)
+    ok = mask[:, 1:][:, :, rows][:, :, :, cols]
+    uvw = torch.einsum("bij,bnyxj->bnyxi", intrinsics[:, 0].to(pts.dtype), pts)
+    z = uvw[..., 2]
+    u = uvw[..., 0] / z.clamp(min=1e-9)
+    v = uvw[..., 1] / z.clamp(min=1e-9)
+    ok = ok & (z > 1e-9) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    ui = u.clamp(0, w - 1).long()
+    vi = v.clamp(0, h - 1).long()
+    d0 = depth[:, 0]
+    seen = torch.stack([d0[i][vi[i], ui[i]] for i in range(b)])
+    ok = ok & ((seen - z).abs() <= tol * z)
+    idx = (vi // patch) * pw + ui // patch
+    return idx.flatten(2), ok.flatten(2)
+
+
+def correspondence_loss(queries: Tensor, keys: Tensor, idx: Tensor, ok: Tensor) -> Tensor:
+    """Cross-entropy of softmax(q k^T / sqrt(d)) over view 0's patches against ``idx``.
+
+    queries (B, N-1, P, d): one head's queries of the patches of views 1..; keys (B, P, d): its
+    keys of view 0's patches; idx, ok from :func:`correspondence_targets`.  Mean over ``ok``.
+    """
+    logits = torch.einsum("bnpd,bqd->bnpq", queries, keys) / queries.shape[-1] ** 0.5
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 2), idx.flatten(), reduction="none")
+    return _masked_mean(ce, ok.flatten())
+
+
 def gradient_loss(pred: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
     """||grad_x D^ - grad_x D||_1 + ||grad_y D^ - grad_y D||_1 where both pixels are valid."""
     gx = (pred[..., :, 1:] - pred[..., :, :-1]) - (gt[..., :, 1:] - gt[..., :, :-1])
@@ -89,6 +134,7 @@ class LossWeights:
     camera: float = 1.0  # beta
     gradient: float = 1.0  # alpha
     lambda_c: float = 0.2
+    correspondence: float = 0.0  # the optional attention-matching aid (0: off, as in the paper)
 
 
 def total_loss(terms: Dict[str, Tensor], weights: LossWeights = LossWeights()) -> Tensor:

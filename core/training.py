@@ -55,7 +55,9 @@ class SyntheticDataConfig:
     Scene ``i`` of the pool is generated from seed ``(seed, i)``: its kind cycles through
     ``kinds``, and the number of objects, field of view, camera arc and lighting are random.
     Each scene is rendered from ``views_per_scene`` cameras once and cached; a training sample
-    takes a random subset of ``min_views``..``max_views`` of them.
+    takes a random subset of ``min_views``..``max_views`` of them; with ``max_view_gap`` > 0
+    the subset is a run along the camera path whose consecutive members are at most that many
+    camera positions apart (overlapping views), in random order.
     """
 
     height: int = 126
@@ -67,6 +69,7 @@ class SyntheticDataConfig:
     kinds: Tuple[str, ...] = ("room", "inside", "objects")
     fov_range: Tuple[float, float] = (45.0, 75.0)
     seed: int = 0
+    max_view_gap: int = 0
 
     def __post_init__(self) -> None:
         for name in ("height", "width"):
@@ -79,6 +82,8 @@ class SyntheticDataConfig:
                 f"<= views_per_scene ({self.views_per_scene})")
         if self.scenes < 1:
             raise ValueError(f"scenes: expected >= 1, got {self.scenes}")
+        if self.max_view_gap < 0:
+            raise ValueError(f"max_view_gap: expected >= 0 (0: any subset), got {self.max_view_gap}")
 
 
 @dataclass(frozen=True)
@@ -195,10 +200,22 @@ class SyntheticData:
         parts = []
         for _ in range(batch_size):
             s = self.scene(int(rng.integers(len(self))))
-            views = np.sort(rng.choice(c.views_per_scene, n, replace=False))
+            if c.max_view_gap > 0:
+                views = _view_run(rng, c.views_per_scene, n, c.max_view_gap)
+            else:
+                views = np.sort(rng.choice(c.views_per_scene, n, replace=False))
             rng.shuffle(views)  # any view can be the first (reference) one
             parts.append((s.images[views], s.depth[views], s.extrinsics[views][:, :3], s.intrinsics[views]))
         return Batch(*(np.stack(x) for x in zip(*parts)))
+
+
+def _view_run(rng: np.random.Generator, total: int, n: int, max_gap: int) -> np.ndarray:
+    """n increasing camera indices < total, consecutive ones 1..max_gap apart."""
+    gaps = rng.integers(1, max_gap + 1, n - 1)
+    while gaps.sum() > total - 1:  # too long for the path: shorten the largest gap
+        gaps[gaps.argmax()] -= 1
+    start = int(rng.integers(0, total - int(gaps.sum())))
+    return start + np.concatenate(([0], np.cumsum(gaps))).astype(np.int64)
 
 
 def fit_views(images: np.ndarray, depth: np.ndarray, intrinsics: np.ndarray, height: int, width: int):
@@ -356,18 +373,52 @@ def prepare_targets(batch: Batch) -> Targets:
 # ----------------------------------------------------------------------------- forward and loss
 
 
-def forward_for_training(net, images: Tensor, w2c: Optional[Tensor] = None, intrinsics: Optional[Tensor] = None
-                         ) -> Dict[str, Tensor]:
+def forward_for_training(net, images: Tensor, w2c: Optional[Tensor] = None, intrinsics: Optional[Tensor] = None,
+                         match_heads: bool = False) -> Dict[str, Tensor]:
     """Raw training outputs of an any-view network: depth, depth_conf, ray, ray_conf and the
     9-D pose code.  The first view is the reference (``ref_view_strategy="first"``), so the
-    predictions live in its frame, like the targets."""
+    predictions live in its frame, like the targets.
+
+    match_heads: also return, for every cross-view block, head 0's queries of the patches of
+    views 1.. (``"match_q"``: list of (B, N-1, P, d)) and its keys of view 0's patches
+    (``"match_k"``: list of (B, P, d)), for :func:`~.losses.correspondence_loss`.
+    """
     if net.cfg.head.kind != "dualdpt" or net.cam_dec is None:
         raise ValueError(f"{net.cfg.name}: training needs an any-view model (depth + ray heads and a camera decoder)")
+    b, n = images.shape[:2]
     h, w = images.shape[-2:]
     cam_token = net.cam_enc(w2c, intrinsics, (h, w)) if w2c is not None else None
-    feats, _ = net.backbone(images, cam_token=cam_token, ref_view_strategy="first")
+    blocks = net.backbone.pretrained.blocks
+    bcfg = net.backbone.cfg
+    cross = [i for i in range(len(blocks)) if bcfg.alt_start != -1 and i >= bcfg.alt_start and i % 2 == 1]
+    seen: Dict[int, Tensor] = {}
+    hooks = []
+    if match_heads and n > 1:
+        for i in cross:
+            hooks.append(blocks[i].norm1.register_forward_hook(
+                lambda _m, _inp, out, i=i: seen.__setitem__(i, out)))
+    try:
+        feats, _ = net.backbone(images, cam_token=cam_token, ref_view_strategy="first")
+    finally:
+        for hk in hooks:
+            hk.remove()
     res = net.head([f for f, _ in feats], images, with_ray=True)
     res["pose"] = net.cam_dec(feats[-1][1])
+    if seen:
+        qs, ks = [], []
+        for i in cross:
+            attn = blocks[i].attn
+            d = attn.head_dim
+            c = seen[i].shape[-1]
+            x = seen[i].reshape(b, n, -1, c)[:, :, 1:]  # the patches (token 0 is the special one)
+            q = F.linear(x, attn.qkv.weight[:d], attn.qkv.bias[:d])  # rows [0, d): head 0's queries
+            k = F.linear(x[:, 0], attn.qkv.weight[c:c + d], attn.qkv.bias[c:c + d])  # rows [c, c + d): its keys
+            if attn.q_norm is not None:
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            # (the cross-view RoPE puts every patch at one position: it does not change patch-patch logits)
+            qs.append(q[:, 1:])
+            ks.append(k)
+        res["match_q"], res["match_k"] = qs, ks
     return res
 
 
@@ -384,7 +435,14 @@ def compute_losses(out: Dict[str, Tensor], tgt: Targets, weights: L.LossWeights)
         "point": L.point_loss(out["depth"], ray_full[..., :3], ray_full[..., 3:], tgt.points, tgt.mask),
         "camera": L.camera_loss(out["pose"], tgt.pose),
         "gradient": L.gradient_loss(out["depth"], tgt.depth, tgt.mask),
+        **({"correspondence": _correspondence(out, tgt)} if weights.correspondence > 0 and "match_q" in out else {}),
     }
+
+
+def _correspondence(out: Dict[str, Tensor], tgt: Targets) -> Tensor:
+    idx, ok = L.correspondence_targets(tgt.points, tgt.mask, tgt.depth, tgt.intrinsics, PATCH_SIZE)
+    terms = [L.correspondence_loss(q, k, idx, ok) for q, k in zip(out["match_q"], out["match_k"])]
+    return torch.stack(terms).mean()
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -521,7 +579,7 @@ def train(cfg: TrainConfig, output: Union[str, os.PathLike], *, resume: bool = F
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
         out = forward_for_training(net, tgt.images.to(dev), tgt.w2c.to(dev) if cond else None,
-                                   tgt.intrinsics.to(dev) if cond else None)
+                                   tgt.intrinsics.to(dev) if cond else None, match_heads=cfg.loss.correspondence > 0)
         terms = compute_losses(out, _to(tgt, dev), cfg.loss)
         loss = L.total_loss(terms, cfg.loss)
         if not torch.isfinite(loss):

@@ -420,14 +420,17 @@ def train_config_from_args(args):
     try:
         syn = SyntheticDataConfig(height=h, width=w, scenes=args.scenes or syn.scenes,
                                   views_per_scene=max(syn.views_per_scene, hi), min_views=lo, max_views=hi,
-                                  seed=args.data_seed)
+                                  seed=args.data_seed,
+                                  max_view_gap=syn.max_view_gap if args.view_gap is None else args.view_gap)
         return TrainConfig(
             preset=args.preset, init=args.init, data=args.data, teacher=args.teacher, synthetic=syn, freeze_backbone=args.freeze_backbone,
             steps=args.steps or base.steps, batch_size=args.batch_size or base.batch_size, lr=args.lr or base.lr,
             backbone_lr_scale=args.backbone_lr_scale, warmup=base.warmup if args.warmup is None else args.warmup,
             pose_condition_prob=base.pose_condition_prob if args.pose_condition is None else args.pose_condition,
             save_every=args.save_every or base.save_every, seed=args.seed,
-            loss=LossWeights(camera=base.loss.camera if args.camera_weight is None else args.camera_weight),
+            loss=LossWeights(camera=base.loss.camera if args.camera_weight is None else args.camera_weight,
+                             correspondence=(base.loss.correspondence if args.correspondence is None
+                                             else args.correspondence)),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -574,7 +577,7 @@ def cmd_demo(args, progress: Progress) -> int:
         print(f"  camera error against the true cameras: median rotation {np.median(r_err):.1f} deg, "
               f"translation direction {np.median(t_err):.1f} deg (pose AUC@30 {100 * auc['auc30']:.1f})")
         print("  The embedded model is a small demo model trained on synthetic rooms: its depth maps are usable, its "
-              "cameras are not (the views' point clouds do not line up; see README, The embedded model).")
+              "cameras only rough (the views' point clouds line up only loosely; see README, The embedded model).")
         print("  For real photos use an official checkpoint: huggingface-cli download depth-anything/DA3-BASE "
               "--local-dir DA3-BASE, then da3p reconstruct PHOTOS -o OUT --model DA3-BASE")
     return 0
@@ -644,6 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--scenes", type=int, default=None, help="synthetic scenes in the pool (default 320)")
     t.add_argument("--pose-condition", type=float, default=None, help="fraction of steps conditioned on true cameras (default 0.2)")
     t.add_argument("--camera-weight", type=float, default=None, help="weight of the camera loss (default 1)")
+    t.add_argument("--correspondence", type=float, default=None,
+                   help="weight of the attention-matching aid (default 0: off): one head per cross-view block is "
+                   "taught which patch of the first view sees the same surface")
+    t.add_argument("--view-gap", type=int, default=None,
+                   help="synthetic samples are runs of views at most this many camera positions apart (default 0: any)")
     t.add_argument("--seed", type=int, default=0, help="seeds weights, batches and everything random (default 0)")
     t.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic scene pool (default 0)")
     t.add_argument("--save-every", type=int, default=None, help="checkpoint interval in steps (default 250)")

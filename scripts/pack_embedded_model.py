@@ -2,6 +2,9 @@
 
     python scripts/pack_embedded_model.py runs/da3-tiny
 
+When the run was a fine-tune of another run (``--init`` a run folder with its own
+train_state.json), that run's steps and config are recorded too ("base").
+
 Writes config.json + model.safetensors (float16: half the size; loaded back as float32) and
 eval.json: the `da3p eval` table on 24 held-out synthetic scenes next to the baselines.
 """
@@ -26,11 +29,16 @@ def main(run: str) -> None:
     if size > MAX_BYTES:
         raise SystemExit(f"{DEST}/model.safetensors is {size / 2**20:.1f} MB, over the 20 MB budget")
     state = json.loads((Path(run) / "train_state.json").read_text())
+    training = {"steps": state["step"], "config": state["config"]}
+    init = state["config"].get("init")
+    if init and (Path(init) / "train_state.json").is_file():
+        base = json.loads((Path(init) / "train_state.json").read_text())
+        training["base"] = {"steps": base["step"], "config": base["config"]}
     packed = load_model("embedded", device="cpu")
     table = evaluate(packed, heldout_scenes(24, views=4), name="da3-tiny (embedded)")
     (DEST / "eval.json").write_text(json.dumps({
         "scenes": "24 held-out synthetic scenes (seed 1000), 4 views each, 126x168",
-        "training": {"steps": state["step"], "config": state["config"]},
+        "training": training,
         **table.to_json()}, indent=2) + "\n")
     print(f"packed {run} -> {DEST} ({size / 2**20:.1f} MB)")
     print(table.format())

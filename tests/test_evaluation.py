@@ -48,9 +48,6 @@ def test_identity_baseline_and_a_perturbed_prediction_score_in_order():
 
 
 BASELINES = ("identity poses + constant depth", "da3-tiny, untrained (random weights)")
-POSE_GAP = ("known gap of the embedded model: trained 2500 steps from scratch on 2 CPU cores it learns depth but "
-            "not relative camera pose (its camera loss stays at the mean-prediction level), so its pose AUC is at "
-            "chance and does not beat the baselines; see README 'The embedded model'")
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +58,16 @@ def embedded_table():
     return table
 
 
-def test_embedded_model_beats_the_trivial_baselines_on_depth_and_points(embedded_table):
+def test_embedded_model_beats_the_trivial_baselines_on_another_pool(embedded_table):
+    """8 scenes of a pool neither training (seed 0) nor the packed table (seed 1000) used: depth,
+    points and pose AUC@30 beat both baselines.  AUC@3 is not asserted here: on these 48 view
+    pairs no method has a pair under 3 degrees (all tie at 0); the packed 24-scene table has
+    one (see test_readme_shows_the_packed_models_evaluation and the README)."""
     for baseline in BASELINES:
         beats = embedded_table.beats("embedded", baseline)
-        assert all(beats[m] for m in ("abs_rel", "delta1", "chamfer", "fscore")), (baseline, beats)
+        assert all(beats[m] for m in ("auc30", "abs_rel", "delta1", "chamfer", "fscore")), (baseline, beats)
+    assert embedded_table.rows["embedded"].auc30 > 0.15
     assert set(embedded_table.rows["embedded"].as_dict()) >= set(METRICS)
-
-
-@pytest.mark.xfail(strict=True, reason=POSE_GAP)
-def test_embedded_model_beats_the_trivial_baselines_on_pose_auc(embedded_table):
-    # strict: when a retrained embedded model does learn poses this starts passing and must be un-marked
-    for baseline in BASELINES:
-        beats = embedded_table.beats("embedded", baseline)
-        assert beats["auc03"] and beats["auc30"], (baseline, beats)
 
 
 def test_cli_eval(tmp_path, capsys):
@@ -103,5 +97,5 @@ def test_readme_shows_the_packed_models_evaluation():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert table.format() in readme
     beats = [table.beats("da3-tiny (embedded)", b) for b in data["rows"] if b != "da3-tiny (embedded)"]
-    # depth and point metrics beat every baseline on the 24 scenes; pose AUC does not (POSE_GAP)
-    assert beats and all(b[m] for b in beats for m in ("abs_rel", "delta1", "chamfer", "fscore")), beats
+    # every metric beats every baseline on the 24 scenes (AUC@3 only just: README, The embedded model)
+    assert beats and all(b[m] for b in beats for m in METRICS), beats

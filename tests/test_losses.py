@@ -104,3 +104,52 @@ def test_a_short_training_run_lowers_the_loss():
             opt.step()
             losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def _two_view_plane(shift_px: int):
+    """A fronto-parallel plane at depth 2 seen by view 0 and by view 1, translated sideways so
+    that view 1's image is view 0's shifted ``shift_px`` pixels to the left."""
+    h, w, f = 28, 42, 20.0
+    k = torch.tensor([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+    z = 2.0
+    tx = shift_px * z / f  # camera 1 sits tx to the right of camera 0
+    v, u = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    pts = torch.zeros(1, 2, h, w, 3)
+    for j, cx in enumerate((0.0, tx)):
+        pts[0, j, ..., 0] = (u - w / 2) / f * z + cx
+        pts[0, j, ..., 1] = (v - h / 2) / f * z
+        pts[0, j, ..., 2] = z
+    depth = torch.full((1, 2, h, w), z)
+    return pts, torch.ones(1, 2, h, w, dtype=torch.bool), depth, k.expand(1, 2, 3, 3)
+
+
+def test_correspondence_targets_by_hand():
+    pts, mask, depth, k = _two_view_plane(shift_px=14)
+    idx, ok = L.correspondence_targets(pts, mask, depth, k, patch=14)
+    assert idx.shape == (1, 1, 6) and ok.shape == (1, 1, 6)  # 2 x 3 patches of 14 px
+    # view 1's patch (r, c) sees what view 0's patch (r, c + 1) sees; the last column leaves view 0
+    assert ok[0, 0].tolist() == [True, True, False, True, True, False]
+    assert idx[0, 0][ok[0, 0]].tolist() == [1, 2, 4, 5]
+    # an occluder in view 0 (much nearer than the plane) hides the matches
+    depth0 = depth.clone()
+    depth0[0, 0, :, 14:28] = 0.5
+    _, ok2 = L.correspondence_targets(pts, mask, depth0, k, patch=14)
+    assert ok2[0, 0].tolist() == [False, True, False, False, True, False]
+    # invalid depth in view 1 is no target
+    mask2 = mask.clone()
+    mask2[0, 1] = False
+    assert not L.correspondence_targets(pts, mask2, depth, k, patch=14)[1].any()
+
+
+def test_correspondence_loss_by_hand():
+    keys = torch.eye(3)[None] * 10  # (B=1, P=3, d=3)
+    idx = torch.tensor([[[2, 0]]])  # (B, N-1=1, P=2)
+    ok = torch.tensor([[[True, True]]])
+    right = keys[:, [2, 0]][:, None]  # queries equal to their targets' keys: low loss
+    wrong = keys[:, [1, 1]][:, None]
+    lo, hi = L.correspondence_loss(right, keys, idx, ok), L.correspondence_loss(wrong, keys, idx, ok)
+    logit = 100 / math.sqrt(3)
+    expected = math.log(math.exp(logit) + 2) - logit
+    assert lo.item() == pytest.approx(expected, rel=1e-4) and hi.item() > 50
+    # masked entries do not count
+    assert L.correspondence_loss(wrong, keys, idx, torch.tensor([[[False, False]]])).item() == 0.0

@@ -175,15 +175,69 @@ def test_cli_train_and_bad_input(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def test_the_readme_training_command_is_the_embedded_recipe():
-    """`make embedded-model` runs `da3p train -o runs/da3-tiny --threads 2`: its config must be
-    the default TrainConfig that the packed model's eval.json records."""
+def test_make_embedded_model_is_the_packed_models_recipe():
+    """`make embedded-model` trains in two stages (Makefile): stage 1 is the default TrainConfig,
+    stage 2 fine-tunes it with EMBEDDED_STAGE2; eval.json of the packed model records both."""
+    import re
+    import shlex
     from importlib.resources import files
+    from pathlib import Path
 
     from da3_plugins.cli import build_parser, train_config_from_args
 
-    cfg = train_config_from_args(build_parser().parse_args(["train", "-o", "runs/da3-tiny", "--threads", "2"]))
-    assert cfg == TrainConfig()
-    packed = json.loads((files("da3_plugins") / "data" / "da3-tiny" / "eval.json").read_text())
-    assert packed["training"]["steps"] == cfg.steps
-    assert TrainConfig.from_json(packed["training"]["config"]) == cfg
+    make = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    stage2 = shlex.split(re.search(r"^EMBEDDED_STAGE2 := (.*)$", make, re.M).group(1))
+    assert "da3p train -o runs/da3-tiny-base --threads 2\n" in make
+    assert "da3p train -o runs/da3-tiny --init runs/da3-tiny-base --threads 2 $(EMBEDDED_STAGE2)" in make
+    parse = build_parser().parse_args
+    base = train_config_from_args(parse(["train", "-o", "runs/da3-tiny-base", "--threads", "2"]))
+    assert base == TrainConfig()
+    fine = train_config_from_args(parse(["train", "-o", "runs/da3-tiny", "--init", "runs/da3-tiny-base",
+                                         "--threads", "2", *stage2]))
+    packed = json.loads((files("da3_plugins") / "data" / "da3-tiny" / "eval.json").read_text())["training"]
+    assert packed["base"]["steps"] == base.steps
+    assert TrainConfig.from_json(packed["base"]["config"]) == base
+    assert packed["steps"] == fine.steps
+    # the shipped stage 2 started from the packed stage-1 weights in another folder: only init differs
+    assert dataclasses.replace(TrainConfig.from_json(packed["config"]), init=fine.init) == fine
+
+
+def test_view_runs_keep_overlapping_views_together():
+    from da3_plugins.core.training import _view_run
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 5))
+        v = _view_run(rng, 8, n, 3)
+        assert len(v) == n and v.min() >= 0 and v.max() < 8
+        assert np.all(np.diff(v) >= 1) and np.all(np.diff(v) <= 3)
+    assert _view_run(rng, 4, 4, 3).tolist() == [0, 1, 2, 3]  # too long a path for any gap: consecutive
+    data = SyntheticData(dataclasses.replace(SMALL, views_per_scene=3, max_view_gap=1, min_views=2, max_views=2))
+    b = data.batch(np.random.default_rng(1), 3)
+    assert b.images.shape[:2] == (3, 2)
+    with pytest.raises(ValueError, match="max_view_gap"):
+        SyntheticDataConfig(max_view_gap=-1)
+
+
+def test_the_correspondence_aid_trains_the_matching_heads():
+    """With a correspondence weight the loss has that term, and it reaches head 0's queries and
+    keys of the cross-view blocks (the network itself is unchanged); without it there is no term."""
+    s = make_scene("room", num_views=2, height=42, width=56, seed=4)
+    batch = Batch(s.images[None], s.depth[None], s.extrinsics[None, :, :3], s.intrinsics[None])
+    tgt = prepare_targets(batch)
+    from da3_plugins.core.losses import LossWeights
+    from da3_plugins.core.model import random_model
+
+    net = random_model("da3-tiny", seed=0, device="cpu").net
+    with torch.enable_grad():
+        out = forward_for_training(net, tgt.images, match_heads=True)
+        assert len(out["match_q"]) == 2 and out["match_q"][0].shape == (1, 1, 12, 64)
+        terms = compute_losses(out, tgt, LossWeights(correspondence=1.0))
+        assert 0 < terms["correspondence"].item() < 10
+        terms["correspondence"].backward()
+    # in the last cross-view block only head 0's query and key rows get a gradient through it
+    grad = net.backbone.pretrained.blocks[7].attn.qkv.weight.grad
+    assert grad[:64].abs().sum() > 0 and grad[192:256].abs().sum() > 0
+    assert grad[64:192].abs().sum() == 0 and grad[256:].abs().sum() == 0
+    plain = compute_losses(forward_for_training(net, tgt.images), tgt, LossWeights())
+    assert "correspondence" not in plain
