@@ -10,7 +10,10 @@ One function, :func:`train`, driven by a typed :class:`TrainConfig`:
   (:class:`~da3_plugins.core.datasets.FolderDataset`: images + depth + cameras, or COLMAP);
 * ground truth is expressed in the first view's camera frame and normalised to unit mean
   point distance (:func:`prepare_targets`), and the paper's five losses are applied
-  (:mod:`~da3_plugins.core.losses`);
+  (:mod:`~da3_plugins.core.losses`), plus, when ``loss.correspondence`` > 0, a training aid of
+  this project: one head per cross-view block is taught where each patch's surface lies in the
+  first view (:func:`~da3_plugins.core.losses.correspondence_loss`; see the README's embedded
+  model for why);
 * with probability ``pose_condition_prob`` a batch is conditioned on its true cameras, so the
   camera encoder learns too (the paper uses 0.2);
 * checkpoints are ``config.json`` + ``model.safetensors`` (the layout ``load_model`` reads) plus
