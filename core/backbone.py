@@ -111,6 +111,17 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
         self.proj = nn.Linear(dim, dim)
 
+    def head_query_key(self, x: Tensor, head: int = 0) -> Tuple[Tensor, Tensor]:
+        """One head's queries and keys of tokens x (..., T, C), QK-normed, without RoPE: (..., T, d) each.
+        (For training aids that read the attention; ``forward`` does not use it.)"""
+        c, d = x.shape[-1], self.head_dim
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x, w[head * d:(head + 1) * d], bias[head * d:(head + 1) * d])
+        k = F.linear(x, w[c + head * d:c + (head + 1) * d], bias[c + head * d:c + (head + 1) * d])
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k
+
     def forward(self, x: Tensor, rope: Optional[RotaryTable] = None) -> Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -222,6 +233,11 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.pretrained = ViTParameters(cfg)
 
+    def is_cross_view(self, i: int) -> bool:
+        """Is block i a cross-view block (from ``alt_start`` on, every odd block)?"""
+        alt = self.cfg.alt_start
+        return alt != -1 and i >= alt and i % 2 == 1
+
     def _position_embedding(self, ph: int, pw: int, dtype: torch.dtype) -> Tensor:
         pe = self.pretrained.pos_embed
         g = self.cfg.pos_grid
@@ -303,7 +319,7 @@ class Backbone(nn.Module):
                     t[:, 0, 0] = p.camera_token[:, 0].to(t.dtype)
                     t[:, 1:, 0] = p.camera_token[:, 1].to(t.dtype)
             with_rope = uses_rope and i >= cfg.rope_start
-            if alt != -1 and i >= alt and i % 2 == 1:  # cross-view block: one sequence per batch item
+            if self.is_cross_view(i):  # one sequence per batch item
                 t = blk(t.reshape(b, s * n_tok, -1), rope_global if with_rope else None).reshape(b, s, n_tok, -1)
             else:  # within-view block
                 t = blk(t.reshape(b * s, n_tok, -1), rope_local if with_rope else None).reshape(b, s, n_tok, -1)

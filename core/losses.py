@@ -88,8 +88,7 @@ def correspondence_targets(points: Tensor, mask: Tensor, depth: Tensor, intrinsi
     ok = ok & (z > 1e-9) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
     ui = u.clamp(0, w - 1).long()
     vi = v.clamp(0, h - 1).long()
-    d0 = depth[:, 0]
-    seen = torch.stack([d0[i][vi[i], ui[i]] for i in range(b)])
+    seen = depth[:, 0][torch.arange(b, device=depth.device).view(b, 1, 1, 1), vi, ui]
     ok = ok & ((seen - z).abs() <= tol * z)
     idx = (vi // patch) * pw + ui // patch
     return idx.flatten(2), ok.flatten(2)

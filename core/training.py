@@ -388,13 +388,12 @@ def forward_for_training(net, images: Tensor, w2c: Optional[Tensor] = None, intr
     """
     if net.cfg.head.kind != "dualdpt" or net.cam_dec is None:
         raise ValueError(f"{net.cfg.name}: training needs an any-view model (depth + ray heads and a camera decoder)")
-    b, n = images.shape[:2]
+    n = images.shape[1]
     h, w = images.shape[-2:]
     cam_token = net.cam_enc(w2c, intrinsics, (h, w)) if w2c is not None else None
     blocks = net.backbone.pretrained.blocks
-    bcfg = net.backbone.cfg
-    cross = [i for i in range(len(blocks)) if bcfg.alt_start != -1 and i >= bcfg.alt_start and i % 2 == 1]
-    seen: Dict[int, Tensor] = {}
+    cross = [i for i in range(len(blocks)) if net.backbone.is_cross_view(i)]
+    seen: Dict[int, Tensor] = {}  # the cross-view blocks' attention inputs
     hooks = []
     if match_heads and n > 1:
         for i in cross:
@@ -408,20 +407,11 @@ def forward_for_training(net, images: Tensor, w2c: Optional[Tensor] = None, intr
     res = net.head([f for f, _ in feats], images, with_ray=True)
     res["pose"] = net.cam_dec(feats[-1][1])
     if seen:
-        qs, ks = [], []
-        for i in cross:
-            attn = blocks[i].attn
-            d = attn.head_dim
-            c = seen[i].shape[-1]
-            x = seen[i].reshape(b, n, -1, c)[:, :, 1:]  # the patches (token 0 is the special one)
-            q = F.linear(x, attn.qkv.weight[:d], attn.qkv.bias[:d])  # rows [0, d): head 0's queries
-            k = F.linear(x[:, 0], attn.qkv.weight[c:c + d], attn.qkv.bias[c:c + d])  # rows [c, c + d): its keys
-            if attn.q_norm is not None:
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            # (the cross-view RoPE puts every patch at one position: it does not change patch-patch logits)
-            qs.append(q[:, 1:])
-            ks.append(k)
-        res["match_q"], res["match_k"] = qs, ks
+        # the patches (token 0 of each view is the special one); the cross-view RoPE puts every
+        # patch at one position, so leaving it out does not change patch-patch logits
+        pairs = [blocks[i].attn.head_query_key(seen[i].unflatten(1, (n, -1))[:, :, 1:]) for i in cross]
+        res["match_q"] = [q[:, 1:] for q, _ in pairs]
+        res["match_k"] = [k[:, 0] for _, k in pairs]
     return res
 
 

@@ -3,13 +3,15 @@
     python scripts/pack_embedded_model.py runs/da3-tiny
 
 When the run was a fine-tune of another run (``--init`` a run folder with its own
-train_state.json), that run's steps and config are recorded too ("base").
+train_state.json), that run's steps and config are recorded too ("base"); a run-folder
+``init`` is recorded relative to the parent of ``run`` (no machine paths in the package).
 
 Writes config.json + model.safetensors (float16: half the size; loaded back as float32) and
 eval.json: the `da3p eval` table on 24 held-out synthetic scenes next to the baselines.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,9 +33,11 @@ def main(run: str) -> None:
     state = json.loads((Path(run) / "train_state.json").read_text())
     training = {"steps": state["step"], "config": state["config"]}
     init = state["config"].get("init")
-    if init and (Path(init) / "train_state.json").is_file():
-        base = json.loads((Path(init) / "train_state.json").read_text())
-        training["base"] = {"steps": base["step"], "config": base["config"]}
+    if init and Path(init).is_dir():
+        if (Path(init) / "train_state.json").is_file():
+            base = json.loads((Path(init) / "train_state.json").read_text())
+            training["base"] = {"steps": base["step"], "config": base["config"]}
+        training["config"] = {**state["config"], "init": os.path.relpath(init, Path(run).parent)}
     packed = load_model("embedded", device="cpu")
     table = evaluate(packed, heldout_scenes(24, views=4), name="da3-tiny (embedded)")
     (DEST / "eval.json").write_text(json.dumps({

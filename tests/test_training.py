@@ -198,6 +198,7 @@ def test_make_embedded_model_is_the_packed_models_recipe():
     assert packed["base"]["steps"] == base.steps
     assert TrainConfig.from_json(packed["base"]["config"]) == base
     assert packed["steps"] == fine.steps
+    assert not Path(packed["config"]["init"]).is_absolute()  # no machine path in the package
     # the shipped stage 2 started from the packed stage-1 weights in another folder: only init differs
     assert dataclasses.replace(TrainConfig.from_json(packed["config"]), init=fine.init) == fine
 
@@ -241,3 +242,15 @@ def test_the_correspondence_aid_trains_the_matching_heads():
     assert grad[64:192].abs().sum() == 0 and grad[256:].abs().sum() == 0
     plain = compute_losses(forward_for_training(net, tgt.images), tgt, LossWeights())
     assert "correspondence" not in plain
+
+
+def test_head_query_key_is_the_attentions_own_split():
+    from da3_plugins.core.model import random_model
+
+    attn = random_model("da3-tiny", seed=0, device="cpu").net.backbone.pretrained.blocks[5].attn
+    x = torch.randn(2, 10, 192)
+    q, k, _ = attn.qkv(x).reshape(2, 10, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    for h in range(attn.num_heads):
+        hq, hk = attn.head_query_key(x, h)
+        assert torch.equal(hq, q[:, h]) and torch.equal(hk, k[:, h])
