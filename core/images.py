@@ -18,6 +18,8 @@ from typing import Iterable, List, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import UserInputError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 MIN_SIDE = 14  # one ViT patch: anything smaller cannot be processed meaningfully
@@ -26,7 +28,7 @@ DEFAULT_MAX_PIXELS = 178_956_970  # PIL's decompression-bomb error limit (2x MAX
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
-class ImageInputError(ValueError):
+class ImageInputError(UserInputError):
     """Input that cannot be read as photos (the message names the file or argument)."""
 
 

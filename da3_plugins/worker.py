@@ -27,14 +27,8 @@ import sys
 import time
 from typing import Dict, Optional, TextIO
 
-
-class _Emitter:
-    def __init__(self, stream: TextIO, request_id) -> None:
-        self.stream, self.id = stream, request_id
-
-    def __call__(self, event: str, **fields) -> None:
-        self.stream.write(json.dumps({"id": self.id, "event": event, **fields}) + "\n")
-        self.stream.flush()
+from da3_plugins.core.errors import UserInputError, first_line
+from da3_plugins.runner import DEFAULT_MODEL, JsonProgress, Progress, RunRequest, load_model_for, run_reconstruct
 
 
 class Worker:
@@ -43,71 +37,48 @@ class Worker:
     def __init__(self, inp: TextIO, out: TextIO, device: str = "auto", idle_timeout: float = 900.0) -> None:
         self.inp, self.out = inp, out
         self.device, self.idle_timeout = device, idle_timeout
-        self.models: Dict[tuple, object] = {}
+        self.models: Dict[str, object] = {}
 
-    def _model(self, source: str, dtype: Optional[str]):
-        key = (source, self.device, dtype)
+    def _model(self, source: Optional[str], precision: Optional[str], progress: Progress):
+        """The model for ``source``, loaded once (one model in memory at a time); the precision
+        is applied per run by the pipeline, so it does not force a reload."""
+        key = source or DEFAULT_MODEL
         if key not in self.models:
-            from da3_plugins.core import load_model
-
-            self.models.clear()  # one model in memory at a time
-            self.models[key] = load_model(source, device=self.device, dtype=dtype)
+            self.models.clear()
+            self.models[key] = load_model_for(source, device=self.device, precision=precision, progress=progress,
+                                              flag="model")
         return self.models[key]
 
     def handle(self, req: dict) -> bool:
         """Serve one request; False when the worker should stop."""
-        emit = _Emitter(self.out, req.get("id"))
+        reply = JsonProgress(self.out, id=req.get("id"))
         cmd = req.get("cmd")
         if cmd == "ping":
             from da3_plugins import __version__
 
-            emit("pong", version=__version__, loaded=[k[0] for k in self.models])
+            reply.event("pong", version=__version__, loaded=list(self.models))
         elif cmd == "shutdown":
-            emit("bye")
+            reply.event("bye")
             return False
         elif cmd == "unload":
             self.models.clear()
-            emit("unloaded")
+            reply.event("unloaded")
         elif cmd == "reconstruct":
-            self._reconstruct(req, emit)
+            self._reconstruct(req, reply)
         else:
-            emit("error", code=2, message=f"unknown cmd {cmd!r} (ping, reconstruct, unload, shutdown)")
+            reply.event("error", code=2, message=f"unknown cmd {cmd!r} (ping, reconstruct, unload, shutdown)")
         return True
 
-    def _reconstruct(self, req: dict, emit) -> None:
-        from da3_plugins.cli import OutputDir, Progress, UsageError, _parse_exports
-        from da3_plugins.core.images import ImageInputError, load_images
-
-        progress = Progress("none")
-        progress.update = lambda stage, done, total, message="": emit(  # type: ignore[method-assign]
-            "progress", stage=stage, done=done, total=total, message=message)
+    def _reconstruct(self, req: dict, reply: JsonProgress) -> None:
         try:
-            inputs, output = req.get("inputs"), req.get("output")
-            if not inputs or not output:
-                raise UsageError("request: 'inputs' and 'output' are required")
-            formats = _parse_exports(req.get("export", "scene"))
-            options = dict(req.get("options") or {})
-            out_dir = OutputDir(output, bool(req.get("overwrite", True)))
-            try:
-                images = load_images(inputs, fps=options.pop("fps", 2.0))
-                model_src = req.get("model") or "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
-                progress.update("model", 0, 1, model_src)
-                try:
-                    model = self._model(model_src, req.get("dtype"))
-                except (FileNotFoundError, RuntimeError, ImportError, ValueError) as exc:
-                    raise UsageError(f"model {model_src}: {exc}") from None
-                progress.update("model", 1, 1, model.preset)
-                rec = model.reconstruct(images, progress=progress, **options)
-            except BaseException:
-                out_dir.discard()
-                raise
-            final, written = out_dir.write(rec, formats, req.get("conf_threshold", "auto"), progress)
-            emit("done", output=str(final), files={k: str(final / v) for k, v in written.items()},
-                 views=len(rec), size=[rec.width, rec.height])
-        except (UsageError, ImageInputError, ValueError, TypeError) as exc:
-            emit("error", code=2, message=str(exc).splitlines()[0])
+            request = RunRequest.from_message(req)
+            result = run_reconstruct(request, lambda src, prec: self._model(src, prec, reply), reply)
+            reply.event("done", output=str(result.folder), files=result.absolute_files(), views=result.views,
+                        size=list(result.size))
+        except UserInputError as exc:
+            reply.event("error", code=2, message=first_line(exc))
         except Exception as exc:  # internal: say what, keep serving
-            emit("error", code=1, message=f"{type(exc).__name__}: {exc}")
+            reply.event("error", code=1, message=f"{type(exc).__name__}: {first_line(exc)}")
 
     def serve(self) -> int:
         last = time.monotonic()
@@ -131,7 +102,7 @@ class Worker:
                 if not isinstance(req, dict):
                     raise ValueError("not an object")
             except ValueError as exc:
-                _Emitter(self.out, None)("error", code=2, message=f"bad request line ({exc}): {line[:80]}")
+                JsonProgress(self.out, id=None).event("error", code=2, message=f"bad request line ({exc}): {line[:80]}")
                 continue
             if not self.handle(req):
                 return 0

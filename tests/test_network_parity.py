@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from da3_plugins.core import get_preset, load_model
-from da3_plugins.core.backbone import select_reference_view
-from da3_plugins.core.config import shrink_backbone
+from da3_plugins.core.model.backbone import select_reference_view
+from da3_plugins.core.model.config import shrink_backbone
 from helpers import assert_close, random_cameras, random_images
 from oracle import official_network, run_official, save_hub_folder
 

@@ -18,7 +18,7 @@ def test_wheel_has_only_the_da3_plugins_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"da3_plugins"}, tops
-    assert "da3_plugins/core/network.py" in names
+    assert "da3_plugins/core/model/network.py" in names
     # the embedded model and the demo photos travel with the wheel (make demo works offline)
     for data in ("data/da3-tiny/model.safetensors", "data/da3-tiny/config.json", "data/demo/view_00.png",
                  "data/demo/cameras.json"):

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from da3_plugins.core.ray_pose import rays_to_cameras
+from da3_plugins.core.model.ray_pose import rays_to_cameras
 from helpers import assert_close, random_cameras
 
 RANSAC_ITERS = 100

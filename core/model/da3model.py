@@ -69,54 +69,39 @@ class DA3Model:
         """Licence of the official weights of this preset."""
         return CHECKPOINT_LICENSES.get(self.preset, "unknown")
 
-    def reconstruct(
-        self,
-        images,
-        *,
-        extrinsics=None,
-        intrinsics=None,
-        process_res: int = 504,
-        process_res_method: str = "upper_bound_resize",
-        ref_view_strategy: str = "saddle_balanced",
-        use_ray_pose: bool = False,
-        infer_gs: bool = False,
-        align_to_input_ext_scale: bool = True,
-        max_views_per_pass: Optional[int] = None,
-        chunk_overlap: Optional[int] = None,
-        fps: Optional[float] = 2.0,
-        seed: Optional[int] = 0,
-        progress=None,
-    ):
+    def reconstruct(self, images, options=None, *, extrinsics=None, intrinsics=None, fps: Optional[float] = 2.0,
+                    progress=None, **option_values):
         """Photos in, a :class:`~da3_plugins.core.reconstruction.Reconstruction` out.
 
         Args:
             images: file paths, folders, videos (sampled at ``fps``), PIL images or uint8
                 arrays (RGB), alone or in a list; any number of views.
+            options: a :class:`~da3_plugins.core.options.ReconstructOptions` (default: its
+                defaults).  Its fields may also be given as keywords, which override it:
+                ``process_res`` and ``process_res_method`` (network input size, as the
+                official ``upper_bound_resize`` / ``upper_bound_crop`` / ``lower_bound_*``),
+                ``ref_view_strategy`` ("first", "middle", "saddle_balanced",
+                "saddle_sim_range"), ``use_ray_pose`` (cameras from the ray map instead of the
+                camera decoder), ``infer_gs`` (also predict 3-D Gaussians: giant and nested
+                models), ``align_to_input_ext_scale`` (with known poses, return their scale),
+                ``max_views_per_pass`` (default: from free memory; more views run in
+                overlapping chunks joined by Sim(3) fits), ``chunk_overlap`` (default
+                max(2, min(8, size/4))), ``seed`` (seeds the random parts without touching the
+                global RNG; None leaves it alone) and ``precision`` (backbone compute dtype for
+                this run: "fp32", "bf16", "fp16"; default: as loaded).
             extrinsics: known OpenCV world-to-camera poses (N, 4, 4) or (N, 3, 4); need
                 ``intrinsics`` (N, 3, 3) in pixels of the original photos.  The network is
                 conditioned on them and the result is returned in their frame (and, with
                 ``align_to_input_ext_scale``, their scale).
-            process_res, process_res_method: network input size, as the official
-                ``upper_bound_resize`` / ``upper_bound_crop`` / ``lower_bound_*``.
-            ref_view_strategy: "first", "middle", "saddle_balanced", "saddle_sim_range".
-            use_ray_pose: cameras from the ray map instead of the camera decoder.
-            infer_gs: also predict 3-D Gaussians (giant and nested models).
-            max_views_per_pass: views per network pass (default: from free memory); more
-                views run in overlapping chunks of this size, joined by Sim(3) fits.
-            chunk_overlap: views shared by consecutive chunks (default max(2, min(8, size/4))).
-            seed: seeds the random parts (sky quantile sampling, ray-pose RANSAC) for
-                repeatable results without touching the global RNG; None leaves it alone.
             progress: a callable receiving :class:`~da3_plugins.core.pipeline.ProgressEvent`.
-        """
-        from .pipeline import reconstruct
 
-        return reconstruct(
-            self, images, extrinsics=extrinsics, intrinsics=intrinsics, process_res=process_res,
-            process_res_method=process_res_method, ref_view_strategy=ref_view_strategy,
-            use_ray_pose=use_ray_pose, infer_gs=infer_gs, align_to_input_ext_scale=align_to_input_ext_scale,
-            max_views_per_pass=max_views_per_pass, chunk_overlap=chunk_overlap, fps=fps, seed=seed,
-            progress=progress,
-        )
+        The result's ``options`` is a :class:`~da3_plugins.core.options.SceneOptions`: these
+        options with the values actually used, plus ``camera_source`` and ``passes``.
+        """
+        from ..pipeline import reconstruct
+
+        return reconstruct(self, images, options, extrinsics=extrinsics, intrinsics=intrinsics, fps=fps,
+                           progress=progress, **option_values)
 
     def save_pretrained(self, folder: Union[str, os.PathLike], dtype: torch.dtype = torch.float32) -> Path:
         """Write ``config.json`` + ``model.safetensors`` in the published layout.
@@ -124,7 +109,7 @@ class DA3Model:
         ``dtype=torch.float16`` halves the file (weights are loaded back as float32)."""
         from safetensors.torch import save_file
 
-        from .reconstruction import atomic_path
+        from ..reconstruction import atomic_path
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ stored once, as ``safetensors.torch.save_model`` writes them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import defaultdict
@@ -19,16 +20,17 @@ from typing import Dict, Optional, Union
 import torch
 from torch import nn
 
+from ..errors import HubError, UserInputError, first_line
+from ..model_source import EMBEDDED, PICKLE_SUFFIXES, classify_model_source
 from .config import HUB_REPOS, PRESETS, ModelConfig, get_preset
 from .network import build_network
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CHECKPOINT_PREFIX = "model."
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
     """A checkpoint file or folder that cannot be used (bad content, wrong keys, bad config)."""
 
 
@@ -62,6 +64,26 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> torch.dtype:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise ValueError(f"dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}") from None
+
+
+_PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """torch dtype -> the option name ("fp32", "bf16", "fp16")."""
+    return _PRECISION_NAMES[dtype]
+
+
+@contextlib.contextmanager
+def backbone_precision(model, precision: Union[str, torch.dtype, None]):
+    """Run ``model``'s backbone at ``precision`` inside the block (autocast dtype only: the
+    weights are untouched), then restore what it was loaded with."""
+    before = model.net.backbone_dtype
+    model.net.backbone_dtype = resolve_dtype(precision)
+    try:
+        yield model
+    finally:
+        model.net.backbone_dtype = before
 
 
 # ----------------------------------------------------------------------------- files
@@ -111,28 +133,48 @@ def preset_from_config(config: dict, path: Union[str, Path]) -> str:
 
 
 def _hub_download(repo_id: str, revision: Optional[str] = None) -> Path:
-    """Fetch config.json and model.safetensors of a hub repo; returns the local folder."""
+    """Fetch config.json and model.safetensors of a hub repo; returns the local folder.
+
+    Every failure is a :class:`HubError` with one line saying what to do.
+    """
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise ImportError(
-            f"loading {repo_id!r} from the Hugging Face hub needs huggingface_hub: "
+        raise HubError(
+            f"{repo_id}: loading from the Hugging Face hub needs huggingface_hub: "
             'pip install "da3-plugins[hub]", or download the repo\'s config.json and model.safetensors '
             "into a folder and pass that folder"
         ) from None
     try:
         cfg = hf_hub_download(repo_id, CONFIG_NAME, revision=revision)
         hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision)
-    except Exception as exc:  # network errors, missing repo, offline mode: all need the same advice
-        raise RuntimeError(
-            f"could not get {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            f"On a machine with access run: huggingface-cli download {repo_id} --local-dir DA3_DIR "
-            "and pass DA3_DIR to load_model"
-        ) from None
+    except Exception as exc:  # network errors, missing repo, offline mode: one line each
+        raise HubError(_hub_failure(repo_id, revision, exc)) from None
     return Path(cfg).parent
 
 
-EMBEDDED = "embedded"
+def _hub_failure(repo_id: str, revision: Optional[str], exc: Exception) -> str:
+    """One line for a failed hub download: what went wrong and what to do.
+
+    The hub library's error classes are recognised by name (through the class hierarchy), so
+    no particular huggingface_hub version is needed.
+    """
+    download = (f"on a machine with access run: huggingface-cli download {repo_id} --local-dir DA3_DIR "
+                f"and pass DA3_DIR as the model, or use the offline demo model {EMBEDDED!r}")
+    kinds = {cls.__name__ for cls in type(exc).__mro__}
+    if "GatedRepoError" in kinds:
+        return (f"{repo_id}: gated on the Hugging Face hub: accept its terms on huggingface.co/{repo_id} and run "
+                f"huggingface-cli login; or {download}")
+    if "RepositoryNotFoundError" in kinds:
+        return (f"{repo_id}: no such repo on the Hugging Face hub (or a private one: run huggingface-cli login); "
+                "check the id, e.g. depth-anything/DA3-BASE, or pass a local model folder")
+    if "RevisionNotFoundError" in kinds:
+        return f"{repo_id}: the hub repo has no revision {revision!r}; check the branch, tag or commit"
+    if "EntryNotFoundError" in kinds and "LocalEntryNotFoundError" not in kinds:
+        return f"{repo_id}: the hub repo has no {CONFIG_NAME} and {WEIGHTS_NAME}: it is not a DA3 model repo"
+    offline = kinds & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"}
+    why = "offline" if offline else f"{type(exc).__name__}: {first_line(exc)}"
+    return f"{repo_id}: not in the local hub cache and the Hugging Face hub cannot be reached ({why}); {download}"
 
 
 def embedded_model_dir() -> Path:
@@ -223,25 +265,31 @@ def materialize(net: nn.Module, device: torch.device) -> nn.Module:
 
 def resolve_source(source: Union[str, os.PathLike], preset: Optional[str], revision: Optional[str] = None,
                    validate: bool = True):
-    """-> (weights path, preset name, description of the source)."""
-    text = os.fspath(source)
-    if text == EMBEDDED:
+    """-> (weights path, preset name, description of the source).
+
+    What the name is (embedded, folder, file, hub id) is decided by
+    :func:`~da3_plugins.core.model_source.classify_model_source`; this finds the weights and
+    the preset (from ``preset``, ``config.json`` or the known hub repos).
+    """
+    found = classify_model_source(source)
+    if found.kind == "embedded":
         folder = embedded_model_dir()
         if not (folder / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{folder}: the embedded model is missing from this installation (reinstall da3-plugins)")
-        return folder / WEIGHTS_NAME, preset or preset_from_config(read_config(folder / CONFIG_NAME), folder), "embedded"
-    path = Path(text).expanduser()
+        return folder / WEIGHTS_NAME, preset or preset_from_config(read_config(folder / CONFIG_NAME), folder), EMBEDDED
     if preset is not None and validate:
         get_preset(preset)  # validates the name
-    if path.is_dir():
+    if found.kind == "folder":
+        path = Path(found.location)
         weights = path / WEIGHTS_NAME
         if preset is None:
             preset = preset_from_config(read_config(path / CONFIG_NAME), path / CONFIG_NAME)
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: missing (a model folder needs {CONFIG_NAME} and {WEIGHTS_NAME})")
         return weights, preset, str(path)
-    if path.is_file():
-        if path.suffix.lower() in PICKLE_SUFFIXES:
+    if found.kind == "file":
+        path = Path(found.location)
+        if found.is_pickle:
             read_safetensors(path)  # raises the pickle refusal
         if preset is None:
             beside = path.parent / CONFIG_NAME
@@ -252,18 +300,10 @@ def resolve_source(source: Union[str, os.PathLike], preset: Optional[str], revis
                     f"{path}: a bare weights file needs preset= (one of {', '.join(sorted(PRESETS))})"
                 )
         return path, preset, str(path)
-    looks_like_repo = (
-        text.count("/") == 1
-        and not text.startswith((".", "/", "~"))
-        and not text.lower().endswith((".safetensors", ".json") + PICKLE_SUFFIXES)
-    )
-    if looks_like_repo:
-        if preset is None and text in HUB_REPOS:
-            preset = HUB_REPOS[text]
-        folder = _hub_download(text, revision)
-        if preset is None:
-            preset = preset_from_config(read_config(folder / CONFIG_NAME), f"{text}/{CONFIG_NAME}")
-        return folder / WEIGHTS_NAME, preset, text
-    raise FileNotFoundError(
-        f"{text}: no such file or folder, and not a hub repo id like 'depth-anything/DA3-BASE'"
-    )
+    repo = found.location
+    if preset is None and repo in HUB_REPOS:
+        preset = HUB_REPOS[repo]
+    folder = _hub_download(repo, revision)
+    if preset is None:
+        preset = preset_from_config(read_config(folder / CONFIG_NAME), f"{repo}/{CONFIG_NAME}")
+    return folder / WEIGHTS_NAME, preset, repo

@@ -1,6 +1,8 @@
-"""Rotation-matrix <-> quaternion helpers (torch, batched over leading dimensions).
+"""Quaternions in torch (batched over leading dimensions); every function names its component order.
 
-Quaternions here are **scalar-last (x, y, z, w)**, the order DA3's pose encoding uses.
+DA3's pose code is scalar-last (x, y, z, w); the Gaussians, renderers and files are
+scalar-first (w, x, y, z).  The numpy twin is :mod:`core.quaternions`, with the same names and
+conventions (column vectors, ``R(q)`` rotates ``x -> R x``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def quat_to_mat(q: Tensor) -> Tensor:
+def quat_xyzw_to_matrix(q: Tensor) -> Tensor:
     """(..., 4) scalar-last quaternion, not necessarily unit -> (..., 3, 3) rotation.
 
     Uses 2 / |q|^2, so a non-normalised quaternion gives the rotation of its direction.
@@ -28,7 +30,12 @@ def quat_to_mat(q: Tensor) -> Tensor:
     return m.reshape(q.shape[:-1] + (3, 3))
 
 
-def mat_to_quat(m: Tensor) -> Tensor:
+def quat_wxyz_to_matrix(q: Tensor) -> Tensor:
+    """(..., 4) scalar-first (w, x, y, z) quaternion, not necessarily unit -> (..., 3, 3) rotation."""
+    return quat_xyzw_to_matrix(q[..., [1, 2, 3, 0]])
+
+
+def matrix_to_quat_xyzw(m: Tensor) -> Tensor:
     """(..., 3, 3) rotation -> (..., 4) unit scalar-last quaternion with w >= 0.
 
     Of the four algebraically equivalent candidates (each divides by one of 4w^2, 4x^2,
@@ -62,3 +69,11 @@ def mat_to_quat(m: Tensor) -> Tensor:
     wxyz = candidates[best].reshape(m.shape[:-2] + (4,))
     xyzw = wxyz[..., [1, 2, 3, 0]]
     return torch.where(xyzw[..., 3:4] < 0, -xyzw, xyzw)
+
+
+def matrix_to_quat_wxyz(m: Tensor) -> Tensor:
+    """(..., 3, 3) rotation -> (..., 4) unit scalar-first (w, x, y, z) quaternion with w >= 0."""
+    return matrix_to_quat_xyzw(m)[..., [3, 0, 1, 2]]
+
+
+__all__ = ["matrix_to_quat_wxyz", "matrix_to_quat_xyzw", "quat_wxyz_to_matrix", "quat_xyzw_to_matrix"]

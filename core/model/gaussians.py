@@ -19,7 +19,7 @@ from torch import Tensor
 from .camera import as_homogeneous, invert_rigid
 from .config import GaussianConfig
 from .outputs import Gaussians
-from .rotation import mat_to_quat, quat_to_mat
+from .rotation import matrix_to_quat_xyzw, quat_xyzw_to_matrix
 from .sim3 import umeyama_sim3
 
 # --------------------------------------------------------------------------------------
@@ -156,12 +156,6 @@ def rotate_sh(sh: Tensor, rot: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------
 
 
-def _rigid_inverse(m: Tensor) -> Tuple[Tensor, Tensor]:
-    """(..., 3|4, 4) rigid w2c -> (..., 3, 3) rotation and (..., 3) translation of c2w."""
-    c2w = invert_rigid(m)
-    return c2w[..., :3], c2w[..., 3]
-
-
 def _pose_scale(pred_centres: Tensor, gt_centres: Tensor) -> Tensor:
     """(B, S, 3) camera centres -> (B,) Umeyama scale taking predicted to given cameras."""
     try:
@@ -240,7 +234,8 @@ class GaussianAdapter(nn.Module):
             raise ValueError(f"raw must be {(b, s, h, w, cfg.raw_channels)}, got {tuple(raw.shape)}")
         dtype, device = raw.dtype, raw.device
         ext = as_homogeneous(extrinsics).to(dtype)
-        rot_c2w, centre = _rigid_inverse(ext)  # (B,S,3,3), (B,S,3)
+        c2w = invert_rigid(ext)
+        rot_c2w, centre = c2w[..., :3, :3], c2w[..., :3, 3]  # (B,S,3,3), (B,S,3)
 
         # K normalised to the unit image square (x / W, y / H)
         k_n = intrinsics.to(dtype).clone()
@@ -257,7 +252,7 @@ class GaussianAdapter(nn.Module):
             # parity: alignment is skipped only when the given cameras are bit-identical
             # to the predicted ones
             if gt.shape != ext.shape or not torch.equal(gt.to(ext), ext):
-                _, gt_centre = _rigid_inverse(gt.detach().double())
+                gt_centre = invert_rigid(gt.detach().double())[..., :3, 3]
                 scale = _pose_scale(centre.detach().double(), gt_centre).to(dtype)
                 centre = centre * scale[:, None, None]
                 dist = dist * scale[:, None, None, None]
@@ -294,11 +289,11 @@ class GaussianAdapter(nn.Module):
         # parity quirk: the 4 raw numbers (q0..q3) go to a scalar-last (x, y, z, w)
         # quaternion-to-matrix as (q3, q0, q1, q2), i.e. x=q3, y=q0, z=q1, w=q2; the
         # network learnt its quaternion output under this (historical) reordering
-        rot_cam = quat_to_mat(quat[..., [3, 0, 1, 2]])
+        rot_cam = quat_xyzw_to_matrix(quat[..., [3, 0, 1, 2]])
         rot_world = rot_c2w[:, :, None, None] @ rot_cam
         # scalar-last (x, y, z, w) with w >= 0 -- the 4 numbers the official renderer and
         # PLY exporter consume as they are
-        rotations = mat_to_quat(rot_world)
+        rotations = matrix_to_quat_xyzw(rot_world)
 
         # SH: colour-major (3, (L+1)^2), damped by the mask, rotated camera -> world
         sh = raw[..., 9 : 9 + 3 * self.sh_coeffs].unflatten(-1, (3, self.sh_coeffs))

@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .backbone import Block, Mlp
-from .rotation import mat_to_quat, quat_to_mat
+from .rotation import matrix_to_quat_xyzw, quat_xyzw_to_matrix
 
 
 def encode_pose(c2w: Tensor, intrinsics: Tensor, image_size) -> Tensor:
@@ -20,14 +20,14 @@ def encode_pose(c2w: Tensor, intrinsics: Tensor, image_size) -> Tensor:
     h, w = image_size
     fov_h = 2 * torch.atan((h / 2) / intrinsics[..., 1, 1])
     fov_w = 2 * torch.atan((w / 2) / intrinsics[..., 0, 0])
-    quat = mat_to_quat(c2w[..., :3, :3])
+    quat = matrix_to_quat_xyzw(c2w[..., :3, :3])
     return torch.cat((c2w[..., :3, 3], quat, fov_h[..., None], fov_w[..., None]), -1).float()
 
 
 def decode_pose(code: Tensor, image_size):
     """(..., 9) -> (c2w (..., 3, 4), K (..., 3, 3)) with the principal point at the centre."""
     h, w = image_size
-    rot = quat_to_mat(code[..., 3:7])
+    rot = quat_xyzw_to_matrix(code[..., 3:7])
     c2w = torch.cat((rot, code[..., :3, None]), -1)
     fy = (h / 2) / torch.clamp(torch.tan(code[..., 7] / 2), min=1e-6)
     fx = (w / 2) / torch.clamp(torch.tan(code[..., 8] / 2), min=1e-6)
@@ -49,9 +49,18 @@ def as_homogeneous(m: Tensor) -> Tensor:
 
 
 def invert_rigid(m: Tensor) -> Tensor:
-    """Inverse of rigid transforms given as (..., 3, 4) or (..., 4, 4): returns (..., 3, 4)."""
+    """Inverse of rigid transforms, in the layout they came in.
+
+    The contract shared with the numpy twin :func:`core.conventions.invert_rigid`:
+    (..., 3, 4) ``[R | t]`` -> (..., 3, 4) ``[R^T | -R^T t]``, and (..., 4, 4) -> (..., 4, 4)
+    with last row (0, 0, 0, 1).  Uses R^T, never a general inverse, so R must be a rotation.
+    Differentiable; keeps ``m``'s dtype and device.
+    """
+    if m.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"expected (..., 3, 4) or (..., 4, 4) transforms, got {tuple(m.shape)}")
     rot_t = m[..., :3, :3].transpose(-1, -2)
-    return torch.cat((rot_t, -rot_t @ m[..., :3, 3:4]), -1)
+    out = torch.cat((rot_t, -rot_t @ m[..., :3, 3:4]), -1)
+    return as_homogeneous(out) if m.shape[-2] == 4 else out
 
 
 class CameraEnc(nn.Module):

@@ -1,0 +1,135 @@
+"""The ``da3p`` commands that train and score models: train, eval.
+
+See :mod:`da3_plugins.commands` for the contract of a command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from da3_plugins.core.errors import UserInputError, first_line
+from da3_plugins.runner import Progress, load_model_for
+
+
+def train_config_from_args(args):
+    """The TrainConfig of ``da3p train`` arguments (defaults: the embedded model's recipe)."""
+    from da3_plugins.core.losses import LossWeights
+    from da3_plugins.core.training import SyntheticDataConfig, TrainConfig
+
+    base = TrainConfig()
+    syn = base.synthetic
+    h, w = args.size or (syn.height, syn.width)
+    lo, hi = args.views or (syn.min_views, syn.max_views)
+    try:
+        syn = SyntheticDataConfig(height=h, width=w, scenes=args.scenes or syn.scenes,
+                                  views_per_scene=max(syn.views_per_scene, hi), min_views=lo, max_views=hi,
+                                  seed=args.data_seed,
+                                  max_view_gap=syn.max_view_gap if args.view_gap is None else args.view_gap)
+        return TrainConfig(
+            preset=args.preset, init=args.init, data=args.data, teacher=args.teacher, synthetic=syn, freeze_backbone=args.freeze_backbone,
+            steps=args.steps or base.steps, batch_size=args.batch_size or base.batch_size, lr=args.lr or base.lr,
+            backbone_lr_scale=args.backbone_lr_scale, warmup=base.warmup if args.warmup is None else args.warmup,
+            pose_condition_prob=base.pose_condition_prob if args.pose_condition is None else args.pose_condition,
+            save_every=args.save_every or base.save_every, seed=args.seed,
+            loss=LossWeights(camera=base.loss.camera if args.camera_weight is None else args.camera_weight,
+                             correspondence=(base.loss.correspondence if args.correspondence is None
+                                             else args.correspondence)),
+        )
+    except ValueError as exc:
+        raise UserInputError(first_line(exc)) from None
+
+
+def cmd_train(args, progress: Progress) -> int:
+    import torch
+
+    from da3_plugins.core.training import train
+
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UserInputError(f"--data {args.data}: no such folder")
+    if args.init is not None and args.init != "embedded" and not Path(args.init).exists() and args.init.count("/") != 1:
+        raise UserInputError(f"--init {args.init}: no such checkpoint folder or file")
+    cfg = train_config_from_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"-o {args.output}: exists and is not a folder")
+    if cfg.data is not None:
+        from da3_plugins.core.datasets import FolderDataset
+
+        try:
+            FolderDataset(cfg.data)
+        except ValueError as exc:
+            raise UserInputError(f"--data {exc}") from None
+    log_file = None
+
+    def log(entry):
+        nonlocal log_file
+        if log_file is None:  # opened at the first step, once the run has started
+            log_file = open(out / "train_log.jsonl", "a")
+        log_file.write(json.dumps(entry) + "\n")
+        log_file.flush()
+        if progress.mode == "json":
+            progress.event("step", **entry)
+
+    try:
+        result = train(cfg, out, resume=args.resume, progress=progress.mode == "bar", log=log, device=args.device)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        raise UserInputError(str(exc)) from None
+    finally:
+        if log_file is not None:
+            log_file.close()
+    last = result.history[-1] if result.history else {}
+    first = result.history[0] if result.history else {}
+    print(f"Done: {result.steps} steps in {result.seconds:.0f} s; loss {first.get('loss', float('nan')):.3f} -> "
+          f"{last.get('loss', float('nan')):.3f}. Checkpoint: {out}/ (config.json + model.safetensors)")
+    print(f"  evaluate it: da3p eval --model {out}    use it: da3p reconstruct PHOTOS -o OUT --model {out}")
+    return 0
+
+
+def cmd_eval(args, progress: Progress) -> int:
+    import torch
+
+    from da3_plugins.core.evaluation import evaluate, heldout_scenes
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model_for(args.model, device="cpu" if args.device == "auto" else args.device, progress=progress)
+    if not model.predicts_cameras:
+        raise UserInputError(f"--model {args.model}: {model.preset} predicts no cameras; da3p eval scores poses too "
+                         "(use an any-view model)")
+    if args.data is not None:
+        from da3_plugins.core.datasets import FolderDataset
+        from da3_plugins.core.training import fit_views
+
+        try:
+            ds = FolderDataset(args.data)
+        except ValueError as exc:
+            raise UserInputError(f"--data {exc}") from None
+        h, w = args.size or (126, 168)
+        scenes = []
+        for i in range(len(ds)):
+            s = ds[i]
+            s.images, s.depth, s.intrinsics = fit_views(s.images, s.depth, s.intrinsics, h, w)
+            scenes.append(s)
+        where = f"{len(scenes)} scenes of {args.data}"
+    else:
+        h, w = args.size or (126, 168)
+        progress.update("scenes", 0, args.scenes, "rendering held-out synthetic scenes")
+        scenes = heldout_scenes(args.scenes, views=args.views, height=h, width=w, seed=args.seed)
+        progress.update("scenes", args.scenes, args.scenes, "done")
+        where = f"{len(scenes)} held-out synthetic scenes (seed {args.seed}), {args.views} views each, {h}x{w}"
+    table = evaluate(model, scenes, baselines=not args.no_baselines, random_baseline=not args.no_baselines,
+                     progress=lambda d, t: progress.update("eval", d, t, ""),
+                     name=f"{model.preset} (embedded)" if args.model == "embedded" else (args.model or model.preset))
+    if args.json:
+        from da3_plugins.core.reconstruction import atomic_path
+
+        with atomic_path(Path(args.json)) as tmp:
+            Path(tmp).write_text(json.dumps({"scenes": where, **table.to_json()}, indent=2) + "\n")
+    print(f"Evaluation on {where}:")
+    print(table.format())
+    print("AUC, delta1 and F-score in percent; AbsRel after one median scale per scene; Chamfer in units of the "
+          "median true depth, F-score at 5% of it, after a Sim(3) fit.")
+    return 0
