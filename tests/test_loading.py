@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from da3_plugins.core import HUB_REPOS, PRESETS, load_model, random_model
-from da3_plugins.core.config import PROJECT_PRESETS
-from da3_plugins.core.loading import CheckpointError, build_empty, checkpoint_state_dict
+from da3_plugins.core.errors import HubError
+from da3_plugins.core.model.config import PROJECT_PRESETS
+from da3_plugins.core.model.loading import CheckpointError, build_empty, checkpoint_state_dict
 from helpers import random_cameras, random_images
 
 # Tensor counts and parameter counts derived from the official code (spec section 1).
@@ -161,8 +162,9 @@ def test_pickles_are_refused(tmp_path):
 
 def test_hub_id_offline_gives_instructions(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="huggingface-cli download depth-anything/DA3-SMALL --local-dir"):
+    with pytest.raises(HubError, match="huggingface-cli download depth-anything/DA3-SMALL --local-dir") as info:
         load_model("depth-anything/DA3-SMALL")
+    assert len(str(info.value).splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------- bad network input
@@ -202,9 +204,9 @@ def test_bad_camera_inputs(small_model):
 
 
 def test_pose_conditioning_needs_a_camera_encoder():
-    from da3_plugins.core.config import shrink_backbone
+    from da3_plugins.core.model.config import shrink_backbone
     from da3_plugins.core import NetConfig
-    from da3_plugins.core.network import DA3Net
+    from da3_plugins.core.model.network import DA3Net
 
     cfg = shrink_backbone(PRESETS["da3mono-large"], 1, [0, 0, 0, 0])
     assert isinstance(cfg, NetConfig)
@@ -219,7 +221,7 @@ def test_pose_conditioning_needs_a_camera_encoder():
 
 def test_import_pulls_in_no_host_tools():
     code = (
-        "import sys, da3_plugins.core, da3_plugins.core.network, da3_plugins.core.loading;"
+        "import sys, da3_plugins.core, da3_plugins.core.model.network, da3_plugins.core.model.loading;"
         "bad = [m for m in ('bpy', 'open3d', 'nerfstudio', 'e3nn', 'evo', 'depth_anything_3', 'cv2') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
