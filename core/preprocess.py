@@ -27,8 +27,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-PATCH = 14
-RESIZE_METHODS = ("upper_bound_resize", "upper_bound_crop", "lower_bound_resize", "lower_bound_crop")
+from .errors import UserInputError
+from .options import PATCH_SIZE as PATCH
+from .options import RESIZE_METHODS, ReconstructOptions  # noqa: F401  (RESIZE_METHODS: re-exported)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -69,10 +71,8 @@ def _nearest_multiple(x: int, p: int = PATCH) -> int:
 
 
 def check_method(process_res: int, process_res_method: str) -> None:
-    if process_res_method not in RESIZE_METHODS:
-        raise ValueError(f"process_res_method: expected one of {', '.join(RESIZE_METHODS)}, got {process_res_method!r}")
-    if int(process_res) != process_res or process_res < PATCH:
-        raise ValueError(f"process_res: expected an integer >= {PATCH}, got {process_res!r}")
+    """Validate a size and method as :class:`~.options.ReconstructOptions` does (OptionError)."""
+    ReconstructOptions(process_res=process_res, process_res_method=process_res_method)
 
 
 def process_image(pixels: np.ndarray, process_res: int = 504,
@@ -102,7 +102,7 @@ def process_image(pixels: np.ndarray, process_res: int = 504,
             transform = _shift_matrix(left, top) @ transform
             w, h = new_w, new_h
     if w < PATCH or h < PATCH:
-        raise ValueError(f"{name}: the aspect ratio is too extreme: it processes to {w}x{h} pixels, "
+        raise UserInputError(f"{name}: the aspect ratio is too extreme: it processes to {w}x{h} pixels, "
                          f"below one {PATCH}-pixel patch; crop it or raise process_res")
     return ProcessedImage(pixels=np.ascontiguousarray(pixels), transform=transform)
 

@@ -34,16 +34,16 @@ from nerfstudio.data.utils.dataparsers_utils import get_train_eval_split_fractio
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
 from da3_plugins.core import conventions as conv
+from da3_plugins.core.options import ReconstructOptions
 from da3_plugins.core.reconstruction import Reconstruction
+from da3_plugins.core.seeds import dedupe_views, seed_scales
 
-CACHE_VERSION = 1
-SEED_FOOTPRINT = 0.6
-"""Standard deviation, in pixels of the view that saw it, of the splat drawn for a seed point."""
-EPS2D = 0.3
-"""Pixels^2 the rasterisers add to every projected covariance (gsplat's ``eps2d``, also
-``core.render``'s): a splat is never narrower than sqrt(0.3) = 0.55 px."""
-MIN_FOOTPRINT = 0.1
-"""Smallest standard deviation, in pixels, of a seed Gaussian itself (before EPS2D)."""
+CACHE_VERSION = 2
+
+
+_DEFAULTS = ReconstructOptions()
+OPTION_FIELDS = tuple(f.name for f in ReconstructOptions.option_fields() if f.name != "align_to_input_ext_scale")
+"""The reconstruction options the dataparser exposes (known poses are not an input here)."""
 
 
 @dataclass
@@ -57,10 +57,25 @@ class DA3DataParserConfig(DataParserConfig):
     """DA3 model: a folder with config.json + model.safetensors, a .safetensors file, or a hub id."""
     device: str = "auto"
     """Where DA3 runs (auto, cpu, cuda, mps)."""
-    process_res: int = 504
+    # the reconstruction options: the fields of ReconstructOptions (defaults from it)
+    process_res: int = _DEFAULTS.process_res
     """DA3 input resolution (longest side)."""
-    ref_view_strategy: str = "saddle_balanced"
-    use_ray_pose: bool = False
+    process_res_method: str = _DEFAULTS.process_res_method
+    """How photos are resized or cropped (upper_bound_resize, upper_bound_crop, lower_bound_*)."""
+    ref_view_strategy: str = _DEFAULTS.ref_view_strategy
+    """Reference view (first, middle, saddle_balanced, saddle_sim_range)."""
+    use_ray_pose: bool = _DEFAULTS.use_ray_pose
+    """Cameras from the ray map instead of the camera head."""
+    infer_gs: bool = _DEFAULTS.infer_gs
+    """Also predict DA3's 3D Gaussians (giant / nested models); da3-splat starts from them."""
+    max_views_per_pass: Optional[int] = _DEFAULTS.max_views_per_pass
+    """Views per network pass; more run in overlapping chunks (default: from memory)."""
+    chunk_overlap: Optional[int] = _DEFAULTS.chunk_overlap
+    """Views shared by consecutive chunks (default: from the chunk size)."""
+    seed: Optional[int] = _DEFAULTS.seed
+    """Seeds DA3's random parts (repeatable results)."""
+    precision: Optional[str] = _DEFAULTS.precision
+    """Backbone compute precision (fp32, bf16, fp16; default fp32: exact)."""
     fps: float = 2.0
     """Frames per second sampled from a video."""
     cache_dir: Optional[Path] = None
@@ -83,6 +98,11 @@ class DA3DataParserConfig(DataParserConfig):
     """Write DA3's depth maps as 16-bit PNGs and pass them on for depth-supervised methods."""
 
 
+    def reconstruct_options(self) -> ReconstructOptions:
+        """The :class:`ReconstructOptions` of this config (validated: OptionError names the field)."""
+        return ReconstructOptions(**{name: getattr(self, name) for name in OPTION_FIELDS})
+
+
 class DA3DataParser(DataParser):
     config: DA3DataParserConfig
 
@@ -100,7 +120,7 @@ class DA3DataParser(DataParser):
             st = f.stat()
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         c = self.config
-        h.update(json.dumps([CACHE_VERSION, c.model, c.process_res, c.ref_view_strategy, c.use_ray_pose, c.fps]).encode())
+        h.update(json.dumps([CACHE_VERSION, c.model, c.reconstruct_options().cache_key(), c.fps]).encode())
         return h.hexdigest()[:16]
 
     def reconstruction(self) -> "tuple[Reconstruction, List[Path], bool]":
@@ -131,9 +151,7 @@ class DA3DataParser(DataParser):
                 raise ValueError(f"--model {self.config.model}: {model.preset} predicts no cameras; "
                                  "use an any-view model (da3-small/base/large/giant or the nested model)")
             rec = model.reconstruct([str(data)] if not data.is_dir() else [str(f) for f in files],
-                                    process_res=self.config.process_res,
-                                    ref_view_strategy=self.config.ref_view_strategy,
-                                    use_ray_pose=self.config.use_ray_pose, fps=self.config.fps)
+                                    self.config.reconstruct_options(), fps=self.config.fps)
             rec.save(scene)
         if data.is_dir():
             return rec, files, True
@@ -197,20 +215,14 @@ class DA3DataParser(DataParser):
         # the part of the full-density cloud that is left: after the confidence threshold ...
         density = len(pts) / max(int(rec.valid_mask().sum()), 1)
         if c.dedupe_views and rec.num_views > 1:
-            keep = ~finer_elsewhere(rec, pts, view, valid)
+            keep = dedupe_views(pts, view, rec.depth, rec.extrinsics, rec.intrinsics, valid)
             pts, colors, conf, view = pts[keep], colors[keep], conf[keep], view[keep]
         if len(pts) > c.max_points:  # ... and after max_points (of the points that are not redundant)
             density *= c.max_points / len(pts)
             pick = np.sort(np.random.default_rng(0).choice(len(pts), c.max_points, replace=False))
             pts, colors, conf, view = pts[pick], colors[pick], conf[pick], view[pick]
-        # a Gaussian per point, about a pixel wide at its depth in the view that saw it: the
-        # splat drawn is its projection plus the rasteriser's EPS2D low-pass filter, so the 3-D
-        # scale makes up the rest of SEED_FOOTPRINT; a thinned cloud gets wider splats, by the
-        # square root of the thinning
-        ext = rec.extrinsics[view]
-        z = np.einsum("nj,nj->n", ext[:, 2, :3], pts) + ext[:, 2, 3]
-        footprint = np.sqrt(max(SEED_FOOTPRINT**2 / min(1.0, max(density, 1e-9)) - EPS2D, MIN_FOOTPRINT**2))  # px
-        scales = footprint * z / rec.intrinsics[view, 0, 0]
+        # a Gaussian per point, about a pixel wide at its depth in the view that saw it
+        scales = seed_scales(pts, view, rec.extrinsics, rec.intrinsics, density)
         opacity = np.clip(1.0 - 1.0 / np.maximum(conf, 1.0), 0.05, 0.95) if rec.conf is not None else np.full(len(pts), 0.9)
         pts_t = torch.from_numpy(pts).float()
         pts_t = (torch.cat([pts_t, torch.ones_like(pts_t[:, :1])], -1) @ transform.T) * scale
@@ -249,49 +261,6 @@ class DA3DataParser(DataParser):
                 Image.fromarray(q).save(path)
             paths.append(path)
         return paths, unit
-
-
-def finer_elsewhere(rec: Reconstruction, points: np.ndarray, view: np.ndarray, valid: np.ndarray,
-                    tol: float = 0.02) -> np.ndarray:
-    """(P,) bool: the points of a multi-view cloud that another view samples more finely.
-
-    ``points`` (P, 3) world, ``view`` (P,) the view each comes from, ``valid`` (N, H, W) the
-    pixels that made points.  View j *sees* a point when it projects within j's grid of pixel
-    centres onto valid pixels and its depth in j matches j's depth map there (inverse depth
-    interpolated bilinearly -- exact on planes -- within a relative ``tol``); it samples it
-    more finely when the point's depth per pixel (z / fx) is smaller in j than in its own view
-    (ties to the lower index).  A point no other view sees (occlusion, edges, depth that
-    disagrees between views) is never reported, so dropping the reported points leaves each
-    surface patch to the one view that sees it best.
-    """
-    pts = np.asarray(points, np.float64)
-    view = np.asarray(view)
-    n, h, w = rec.depth.shape
-    ext, k = rec.extrinsics, rec.intrinsics
-    own = (np.einsum("pj,pj->p", ext[view, 2, :3], pts) + ext[view, 2, 3]) / k[view, 0, 0]
-    inv = np.where(valid, 1.0 / np.where(valid, rec.depth, 1.0), np.nan)
-    out = np.zeros(len(pts), bool)
-    for j in range(n):
-        cam = pts @ ext[j, :, :3].T + ext[j, :, 3]
-        step = cam[:, 2] / k[j, 0, 0]
-        cand = np.flatnonzero((view != j) & (cam[:, 2] > 0) & ((step < own) | ((step == own) & (j < view))))
-        if cand.size == 0:
-            continue
-        c = cam[cand]
-        uvw = c @ k[j].T
-        u = uvw[:, 0] / uvw[:, 2] - 0.5  # pixel centres at integers
-        v = uvw[:, 1] / uvw[:, 2] - 0.5
-        inside = (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
-        u0 = np.clip(np.floor(np.where(inside, u, 0)).astype(np.int64), 0, max(w - 2, 0))
-        v0 = np.clip(np.floor(np.where(inside, v, 0)).astype(np.int64), 0, max(h - 2, 0))
-        u1, v1 = np.minimum(u0 + 1, w - 1), np.minimum(v0 + 1, h - 1)
-        fu, fv = np.clip(u - u0, 0, 1), np.clip(v - v0, 0, 1)
-        d = inv[j]
-        interp = ((1 - fv) * ((1 - fu) * d[v0, u0] + fu * d[v0, u1]) + fv * ((1 - fu) * d[v1, u0] + fu * d[v1, u1]))
-        with np.errstate(invalid="ignore"):
-            seen = inside & (np.abs(interp * c[:, 2] - 1.0) <= tol)
-        out[cand[seen]] = True
-    return out
 
 
 def _transform_gaussians(gs, transform: np.ndarray, scale: float) -> dict:

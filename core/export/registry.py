@@ -136,5 +136,6 @@ def markdown_table() -> str:
     """The README's export table, made from the registry (a test keeps the README equal to it)."""
     rows = ["| `--export` | file | read it with |", "|---|---|---|"]
     for f in _FORMATS:
-        rows.append(f"| `{f.name}` | `{f.path}`: {f.content} | {f.opens_with} |")
+        shown = f.path if "." in Path(f.path).name else f.path + "/"  # folders end in a slash
+        rows.append(f"| `{f.name}` | `{shown}`: {f.content} | {f.opens_with} |")
     return "\n".join(rows)

@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..options import REF_VIEW_STRATEGIES
 from .config import PATCH_SIZE, BackboneConfig
 
-REF_VIEW_STRATEGIES = ("first", "middle", "saddle_balanced", "saddle_sim_range")
 # Reference-view selection only runs from this many views on.
 MIN_VIEWS_FOR_REF_SELECTION = 3
 

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional, Tuple, Union
 
-PATCH_SIZE = 14
+from ..options import PATCH_SIZE  # noqa: F401  (the ViT patch: one definition)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .backbone import REF_VIEW_STRATEGIES, Backbone
+from ..options import REF_VIEW_STRATEGIES
+from .backbone import Backbone
 from .camera import CameraDec, CameraEnc, as_homogeneous, decode_pose, invert_rigid
 from .config import PATCH_SIZE, NestedConfig, NetConfig
 from .heads import build_head
