@@ -2,8 +2,9 @@
 """Depth Anything 3 for Blender: import DA3 reconstructions (.npz scene files) and reconstruct
 photos through a ``da3p worker`` process of the user's own Python environment.
 
-The add-on needs only bpy and numpy (no torch); the scene-file reader and the camera
-conventions are the core's own numpy modules, vendored into ``_vendor/`` by the build.
+The add-on needs only bpy and numpy (no torch); the scene-file reader, the camera
+conventions, the reconstruction options and the model-name rules are the core's own numpy /
+pure-Python modules, vendored into ``_vendor/`` by the build.
 """
 
 
@@ -14,6 +15,9 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
+
+from ._vendor.model_source import DEFAULT_MODEL, EMBEDDED, classify_model_source
+from ._vendor.options import PRECISIONS, REF_VIEW_STRATEGIES, RESIZE_METHODS, ReconstructOptions, option_defaults
 
 
 class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
@@ -166,6 +170,33 @@ def stop_worker() -> bool:
     return False
 
 
+_DEFAULTS = option_defaults()
+_LABELS = {"saddle_balanced": "Balanced", "saddle_sim_range": "Similarity Range", "fp32": "FP32 (exact)",
+           "bf16": "BF16", "fp16": "FP16"}
+
+
+def _enum_items(values):
+    """EnumProperty items for a tuple of core option values (the identifiers are the values)."""
+    return [(v, _LABELS.get(v, v.replace("_", " ").capitalize()), "") for v in values]
+
+
+def _model_request(name: str) -> str:
+    """The model to send to the worker, refused if it needs the network while Blender's online access is off.
+
+    What the name is comes from the core's own rules (``classify_model_source``): only a hub
+    id needs the network; ``embedded``, folders and files never do.  Empty means the
+    official default (a hub id).  Raises ``ValueError`` (a one-line message) for bad names.
+    """
+    name = name.strip() or DEFAULT_MODEL
+    if name.startswith("//"):  # relative to the .blend file
+        name = bpy.path.abspath(name)
+    source = classify_model_source(name)
+    if source.needs_network and not bpy.app.online_access:
+        raise ValueError(f"{name} would be downloaded, but Blender's online access is off "
+                         f"(Preferences > System > Network); use a local model folder or '{EMBEDDED}'")
+    return source.location
+
+
 class DA3_OT_reconstruct(bpy.types.Operator):
     """Reconstruct a folder of photos (or a video) with DA3 in the worker process and import the result"""
 
@@ -175,13 +206,20 @@ class DA3_OT_reconstruct(bpy.types.Operator):
 
     directory: StringProperty(name="Images", subtype="DIR_PATH", description="Folder of photos")
     filepath: StringProperty(name="Video", subtype="FILE_PATH", description="A video file instead of a folder")
-    model: StringProperty(name="Model", default="", description="Model folder or hub id (empty: the official default)")
-    process_res: IntProperty(name="Resolution", default=504, min=14, max=2016, step=14)
-    ref_view: EnumProperty(name="Reference View", default="saddle_balanced", items=[
-        ("saddle_balanced", "Balanced", ""), ("saddle_sim_range", "Similarity Range", ""),
-        ("first", "First", ""), ("middle", "Middle", "")])
-    ray_pose: BoolProperty(name="Ray Pose", default=False, description="Cameras from the ray map")
-    gaussians: BoolProperty(name="Gaussians", default=False, description="Predict 3D Gaussians (giant / nested)")
+    model: StringProperty(name="Model", default="",
+                          description=f"Model folder, .safetensors file, hub id (needs online access) or "
+                                      f"'{EMBEDDED}' (the small offline demo model); empty: {DEFAULT_MODEL}")
+    process_res: IntProperty(name="Resolution", default=_DEFAULTS["process_res"], min=14, max=2016, step=14)
+    process_res_method: EnumProperty(name="Resize", default=_DEFAULTS["process_res_method"],
+                                     items=_enum_items(RESIZE_METHODS),
+                                     description="How photos are resized or cropped to the network's input size")
+    ref_view: EnumProperty(name="Reference View", default=_DEFAULTS["ref_view_strategy"],
+                           items=_enum_items(REF_VIEW_STRATEGIES))
+    ray_pose: BoolProperty(name="Ray Pose", default=_DEFAULTS["use_ray_pose"], description="Cameras from the ray map")
+    gaussians: BoolProperty(name="Gaussians", default=_DEFAULTS["infer_gs"],
+                            description="Predict 3D Gaussians (giant / nested)")
+    precision: EnumProperty(name="Precision", default="fp32", items=_enum_items(PRECISIONS),
+                            description="Backbone compute precision (fp32 is exact; bf16 / fp16 are faster on GPUs)")
     threshold: FloatProperty(name="Confidence Threshold", default=0.0, min=0.0)
     files: bpy.props.CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
     create_cameras: BoolProperty(name="Cameras", default=True)
@@ -204,19 +242,19 @@ class DA3_OT_reconstruct(bpy.types.Operator):
             raise ValueError(f"no such folder or video: {src or '(none given)'}")
         else:
             inputs = [bpy.path.abspath(src)]
-        model = self.model.strip()
-        if model and not os.path.exists(os.path.expanduser(model)) and not bpy.app.online_access:
-            raise ValueError(f"{model} would be downloaded, but Blender's online access is off "
-                             "(Preferences > System > Network); use a local model folder")
+        model = _model_request(self.model)
+        options = self.reconstruct_options().to_dict()
         self._tmp = tempfile.mkdtemp(prefix="da3_")
         self._source = src
         client = _client(context)
-        fields = dict(inputs=inputs, output=os.path.join(self._tmp, "out"), export="scene",
-                      options=dict(process_res=self.process_res, ref_view_strategy=self.ref_view,
-                                   use_ray_pose=self.ray_pose, infer_gs=self.gaussians))
-        if model:
-            fields["model"] = os.path.expanduser(model)
-        return client, client.request("reconstruct", **fields)
+        return client, client.request("reconstruct", inputs=inputs, output=os.path.join(self._tmp, "out"),
+                                      export="scene", model=model, options=options)
+
+    def reconstruct_options(self) -> ReconstructOptions:
+        """The core's reconstruction options from the operator's settings (validated by the core)."""
+        return ReconstructOptions(process_res=self.process_res, process_res_method=self.process_res_method,
+                                  ref_view_strategy=self.ref_view, use_ray_pose=self.ray_pose,
+                                  infer_gs=self.gaussians, precision=self.precision)
 
     def _finish(self, context, event: dict):
         import shutil

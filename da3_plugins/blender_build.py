@@ -1,8 +1,10 @@
 """Build the Blender extension zip from ``blender_addon/`` (``da3p blender build``).
 
-The core's numpy-only modules (``conventions.py``, ``reconstruction.py``) are copied into the
-extension's ``_vendor/`` unchanged: one source of truth for the scene file and the camera
-conventions.  The zip has the manifest at its root, as Blender's extension installer expects.
+The core's numpy-only modules (``conventions.py``, ``reconstruction.py``) and pure-Python
+modules (``errors.py``, ``options.py``, ``model_source.py``) are copied into the extension's
+``_vendor/`` unchanged: one source of truth for the scene file, the camera conventions, the
+reconstruction options and what a model name means.  The zip has the manifest at its root,
+as Blender's extension installer expects.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDON = ROOT / "blender_addon"
-VENDORED = ("conventions.py", "reconstruction.py")
+VENDORED = ("conventions.py", "reconstruction.py", "errors.py", "options.py", "model_source.py")
 
 
 def _manifest_field(text: str, key: str) -> str:
@@ -46,7 +48,8 @@ def build_extension(output_dir: os.PathLike = ROOT / "dist", source: Optional[Pa
                 if path.is_dir() or "__pycache__" in rel.parts or rel.name == "README.md" or rel.suffix == ".zip":
                     continue
                 zf.write(path, rel.as_posix())
-            zf.writestr("_vendor/__init__.py", '"""Numpy-only modules of da3_plugins.core, copied unchanged by the build."""\n')
+            zf.writestr("_vendor/__init__.py",
+                        '"""Numpy-only and pure-Python modules of da3_plugins.core, copied unchanged by the build."""\n')
             for module in VENDORED:
                 zf.write(ROOT / "core" / module, f"_vendor/{module}")
         os.replace(tmp, target)

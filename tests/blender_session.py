@@ -179,6 +179,8 @@ def main(zip_path: str, work: str) -> dict:
         bpy.ops.da3.stop_worker()
     out["worker_failures"] = failures
 
+    out.update(reconstruct_offline(work))
+
     # --- uninstall: classes, menu entries and file handler gone
     repos = [r.module for r in bpy.context.preferences.extensions.repos]
     bpy.ops.extensions.package_uninstall(repo_index=repos.index("user_default"), pkg_id="da3_plugins")
@@ -187,6 +189,64 @@ def main(zip_path: str, work: str) -> dict:
     out["after_uninstall_menu"] = any(getattr(f, "__name__", "") == "_menu_import"
                                       for f in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize())
     out["after_uninstall_file_handler"] = hasattr(bpy.types, "DA3_FH_import_scene")
+    return out
+
+
+def reconstruct_offline(work: Path) -> dict:
+    """Reconstruct from Images with Blender's online access off.
+
+    The embedded model and the same model given as a local folder run (the worker is this
+    environment's ``da3p``); a hub id and the empty default are refused before any worker
+    request.  Records the operator's enum items and defaults and every request sent.
+    """
+    import bpy
+    from importlib import import_module
+
+    embedded_folder = Path(__file__).resolve().parents[1] / "da3_plugins" / "data" / "da3-tiny"
+    prefs = bpy.context.preferences.addons["bl_ext.user_default.da3_plugins"].preferences
+    prefs.executable = str(work / "da3p")
+    prefs.device = "cpu"
+    bpy.context.preferences.system.use_online_access = False
+    out: dict = {"online_access": bpy.app.online_access}
+
+    props = bpy.ops.da3.reconstruct.get_rna_type().properties
+    out["enums"] = {name: [item.identifier for item in props[name].enum_items]
+                    for name in ("ref_view", "process_res_method", "precision")}
+    out["defaults"] = {name: props[name].default for name in ("process_res", "ref_view", "process_res_method",
+                                                               "ray_pose", "gaussians", "precision")}
+
+    client_module = import_module("bl_ext.user_default.da3_plugins.worker_client")
+    original = client_module.WorkerClient.request
+    sent = []
+
+    def recording(self, cmd, **fields):
+        sent.append(dict(fields, cmd=cmd))
+        return original(self, cmd, **fields)
+
+    client_module.WorkerClient.request = recording
+    runs = {}
+    try:
+        for label, model in (("embedded", "embedded"), ("folder", str(embedded_folder)),
+                             ("hub", "depth-anything/DA3-SMALL"), ("default", "")):
+            n_objects, n_sent = len(bpy.data.objects), len(sent)
+            collections = set(bpy.data.collections.keys())
+            try:
+                result = sorted(bpy.ops.da3.reconstruct(directory=str(work / "photos"), model=model, process_res=56))
+            except RuntimeError as exc:  # operator errors surface as RuntimeError in background mode
+                result = ["ERROR", str(exc).strip().splitlines()[-1]]
+            made = [bpy.data.collections[c] for c in set(bpy.data.collections.keys()) - collections]
+            runs[label] = {
+                "result": result,
+                "objects_added": len(bpy.data.objects) - n_objects,
+                "cameras": sum(o.type == "CAMERA" for c in made for o in c.objects),
+                "recorded_model": made[0].get("da3_model") if made else None,
+                "requests": sent[n_sent:],
+            }
+    finally:
+        client_module.WorkerClient.request = original
+        bpy.ops.da3.stop_worker()
+    out["offline_runs"] = runs
+    out["embedded_folder"] = str(embedded_folder)
     return out
 
 

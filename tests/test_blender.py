@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,14 @@ pytest.importorskip("bpy")
 from da3_plugins.blender_build import build_extension  # noqa: E402
 from da3_plugins.core import conventions as conv  # noqa: E402
 from da3_plugins.core import random_model  # noqa: E402
+from da3_plugins.core.model_source import DEFAULT_MODEL  # noqa: E402
+from da3_plugins.core.options import (  # noqa: E402
+    PRECISIONS,
+    REF_VIEW_STRATEGIES,
+    RESIZE_METHODS,
+    ReconstructOptions,
+    option_defaults,
+)
 from da3_plugins.core.reconstruction import Reconstruction  # noqa: E402
 from da3_plugins.core.synthetic import make_scene  # noqa: E402
 
@@ -103,6 +112,8 @@ def test_zip_validates_with_blenders_own_tool(session):
     assert "blender_manifest.toml" in names and "_vendor/reconstruction.py" in names
     # the vendored modules are the core's, unchanged
     assert zipfile.ZipFile(session["zip"]).read("_vendor/conventions.py") == (ROOT / "core" / "conventions.py").read_bytes()
+    for module in ("errors.py", "options.py", "model_source.py"):
+        assert zipfile.ZipFile(session["zip"]).read(f"_vendor/{module}") == (ROOT / "core" / module).read_bytes()
 
 
 def test_install_registers_and_uninstall_cleans_up(session):
@@ -176,6 +187,43 @@ def test_failing_workers_report_and_change_nothing(session):
     assert "not found" in session["worker_failures"]["missing"][1]
     assert "exploded" in session["worker_failures"]["crash"][1]
     assert "unexpected" in session["worker_failures"]["garbage"][1]
+
+
+def test_embedded_and_local_models_need_no_online_access(session):
+    """The documented offline model, and the same model as a folder, run with online access off."""
+    assert session["online_access"] is False
+    runs = session["offline_runs"]
+    for label in ("embedded", "folder"):
+        run = runs[label]
+        assert run["result"] == ["FINISHED"], (label, run["result"])
+        assert run["cameras"] == 3 and run["objects_added"] == 4, (label, run)
+        assert [r["cmd"] for r in run["requests"]] == ["reconstruct"]
+    assert runs["embedded"]["requests"][0]["model"] == "embedded"
+    assert runs["embedded"]["recorded_model"] == "embedded"
+    assert runs["folder"]["requests"][0]["model"] == session["embedded_folder"]
+
+
+def test_hub_ids_are_refused_while_online_access_is_off(session):
+    for label, name in (("hub", "depth-anything/DA3-SMALL"), ("default", DEFAULT_MODEL)):
+        run = session["offline_runs"][label]
+        assert run["result"][0] == "ERROR", (label, run)
+        assert run["result"][1] == (f"Error: {name} would be downloaded, but Blender's online access is off "
+                                    "(Preferences > System > Network); use a local model folder or 'embedded'")
+        assert run["objects_added"] == 0 and run["requests"] == []
+
+
+def test_operator_options_are_the_cores(session):
+    """The operator's enum items and defaults are the core's constants; the worker gets exactly its option names."""
+    assert session["enums"] == {"ref_view": list(REF_VIEW_STRATEGIES), "process_res_method": list(RESIZE_METHODS),
+                                "precision": list(PRECISIONS)}
+    defaults = option_defaults()
+    assert session["defaults"] == {"process_res": defaults["process_res"], "ref_view": defaults["ref_view_strategy"],
+                                   "process_res_method": defaults["process_res_method"],
+                                   "ray_pose": defaults["use_ray_pose"], "gaussians": defaults["infer_gs"],
+                                   "precision": "fp32"}
+    sent = session["offline_runs"]["embedded"]["requests"][0]["options"]
+    assert list(sent) == [f.name for f in fields(ReconstructOptions)]
+    assert ReconstructOptions.from_dict(sent) == ReconstructOptions(process_res=56, precision="fp32")
 
 
 def test_depth_meshes_lie_on_the_surface(session):
