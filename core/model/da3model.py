@@ -11,6 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..precision import resolve_dtype
 from .config import CHECKPOINT_LICENSES, ModelConfig, NestedConfig, NetConfig, get_preset
 from .loading import (
     CONFIG_NAME,
@@ -21,7 +22,6 @@ from .loading import (
     materialize,
     read_safetensors,
     resolve_device,
-    resolve_dtype,
     resolve_source,
     to_network_keys,
 )

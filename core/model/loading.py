@@ -10,7 +10,6 @@ stored once, as ``safetensors.torch.save_model`` writes them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections import defaultdict
@@ -22,6 +21,7 @@ from torch import nn
 
 from ..errors import HubError, UserInputError, first_line
 from ..model_source import EMBEDDED, PICKLE_SUFFIXES, classify_model_source
+from ..precision import resolve_dtype  # noqa: F401  (re-exported: the loader's dtype argument)
 from .config import HUB_REPOS, PRESETS, ModelConfig, get_preset
 from .network import build_network
 
@@ -46,44 +46,6 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
-
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
-
-
-def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> torch.dtype:
-    """Backbone compute dtype: None -> float32 (exact); also accepts "bf16"/"fp16" names."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype: expected float32, bfloat16 or float16, got {dtype}")
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}") from None
-
-
-_PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def precision_name(dtype: torch.dtype) -> str:
-    """torch dtype -> the option name ("fp32", "bf16", "fp16")."""
-    return _PRECISION_NAMES[dtype]
-
-
-@contextlib.contextmanager
-def backbone_precision(model, precision: Union[str, torch.dtype, None]):
-    """Run ``model``'s backbone at ``precision`` inside the block (autocast dtype only: the
-    weights are untouched), then restore what it was loaded with."""
-    before = model.net.backbone_dtype
-    model.net.backbone_dtype = resolve_dtype(precision)
-    try:
-        yield model
-    finally:
-        model.net.backbone_dtype = before
 
 
 # ----------------------------------------------------------------------------- files
