@@ -14,7 +14,9 @@ import bpy
 from mathutils import Matrix
 
 from ._vendor import conventions as conv
+from ._vendor.points import depth_to_points, resolve_conf_threshold
 from ._vendor.reconstruction import Reconstruction
+from ._vendor.seeds import sh_dc_to_rgb
 
 POINTS_GROUP = "DA3 Points"
 POINT_MATERIAL = "DA3 Point Colour"
@@ -174,9 +176,8 @@ def depth_mesh_faces(depth: np.ndarray, valid: np.ndarray, max_ratio: float = 1.
 
 def _depth_mesh(name: str, rec: Reconstruction, i: int, collection, stride: int, conf_threshold):
     """The view's depth map as a triangle-free quad grid, UV-mapped onto its photo."""
-    thr = rec.default_conf_threshold() if conf_threshold == "auto" else conf_threshold
-    valid = rec.valid_mask(thr)[i][::stride, ::stride]
-    world = rec.world_points()[i][::stride, ::stride]
+    valid = rec.valid_mask(resolve_conf_threshold(conf_threshold, rec.conf))[i][::stride, ::stride]
+    world = depth_to_points(rec.depth[i], rec.intrinsics[i], rec.extrinsics[i], stride=stride)
     depth = rec.depth[i][::stride, ::stride]
     h, w = depth.shape
     faces = depth_mesh_faces(depth, valid)
@@ -189,8 +190,8 @@ def _depth_mesh(name: str, rec: Reconstruction, i: int, collection, stride: int,
     mesh.polygons.foreach_set("loop_start", np.arange(0, 4 * len(faces), 4, dtype=np.int32))
     mesh.polygons.foreach_set("loop_total", np.full(len(faces), 4, np.int32))
     # UVs: the pixel centre of each corner in the photo (v up)
-    rows, cols = np.divmod(faces.ravel(), w)
-    uv = np.stack([(cols * stride + 0.5) / rec.width, 1.0 - (rows * stride + 0.5) / rec.height], -1)
+    u, v = (c[::stride, ::stride].ravel()[faces.ravel()] for c in conv.pixel_centres(rec.height, rec.width))
+    uv = np.stack([u / rec.width, 1.0 - v / rec.height], -1)
     layer = mesh.uv_layers.new(name="photo")
     layer.data.foreach_set("uv", uv.astype(np.float32).ravel())
     mesh.update(calc_edges=True)
@@ -213,7 +214,6 @@ def _depth_mesh(name: str, rec: Reconstruction, i: int, collection, stride: int,
     return obj
 
 
-SH_C0 = 0.28209479177387814
 SPLATS_GROUP = "DA3 Splats"
 
 
@@ -274,7 +274,7 @@ def _gaussian_object(name: str, rec: Reconstruction, collection, max_count: int 
         "rotation": ("QUATERNION", "value", conv.orientations_to_blender(gs.rotations[idx]).astype(np.float32)),
         "opacity": ("FLOAT", "value", gs.opacities[idx].astype(np.float32)),
     }
-    rgb = np.clip(0.5 + SH_C0 * gs.harmonics[idx, :, 0], 0, 1)
+    rgb = sh_dc_to_rgb(gs.harmonics[idx, :, 0])
     rgba = np.ones((n, 4), np.float32)
     rgba[:, :3] = srgb_to_linear(rgb)
     attrs[COLOR_ATTRIBUTE] = ("FLOAT_COLOR", "color", rgba)
@@ -326,7 +326,7 @@ def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool =
                     context.scene.render.pixel_aspect_y = cam["da3_pixel_aspect_y"]
                     context.scene.render.resolution_percentage = 100
         if points:
-            thr = rec.default_conf_threshold() if conf_threshold == "auto" else (conf_threshold or 0.0)
+            thr = resolve_conf_threshold(conf_threshold, rec.conf) or 0.0
             _point_object(f"{name} points", rec, stride, coll, thr)
         if gaussians and rec.gaussians is not None:
             _gaussian_object(f"{name} gaussians", rec, coll)

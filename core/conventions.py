@@ -15,7 +15,8 @@ Each host tool wants something else; this module is the only place where an axis
 flipped or half a pixel is added.  ``docs/conventions.md`` draws the frames.
 
 This file is imported by the Blender add-on (copied into the extension unchanged), so it must
-stay numpy-only and free of relative imports.
+stay numpy-only; its one import (``quaternions``) works both inside the package and as a plain
+module.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from __future__ import annotations
 from typing import Tuple
 
 import numpy as np
+
+try:  # inside the package
+    from . import quaternions as _quat
+except ImportError:  # copied as plain modules (the Blender extension)
+    import quaternions as _quat  # type: ignore[no-redef]
 
 # OpenCV camera axes (x right, y down, z forward) <-> OpenGL camera axes (x right, y up,
 # z backward): the same matrix both ways.
@@ -57,24 +63,32 @@ def as_4x4(mats: np.ndarray) -> np.ndarray:
 
 
 def invert_rigid(mats: np.ndarray) -> np.ndarray:
-    """Inverse of rigid transforms (..., 3|4, 4) -> (..., 4, 4), using R^T (no general inverse)."""
-    m = as_4x4(mats)
+    """Inverse of rigid transforms, in the layout they came in (float64).
+
+    The contract shared with the torch twin :func:`core.model.camera.invert_rigid`:
+    (..., 3, 4) ``[R | t]`` -> (..., 3, 4) ``[R^T | -R^T t]``, and (..., 4, 4) -> (..., 4, 4)
+    with last row (0, 0, 0, 1).  Uses R^T, never a general inverse, so R must be a rotation.
+    """
+    m = np.asarray(mats, dtype=np.float64)
+    if m.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"expected (..., 3, 4) or (..., 4, 4) transforms, got shape {m.shape}")
     rt = np.swapaxes(m[..., :3, :3], -1, -2)
     out = np.zeros_like(m)
     out[..., :3, :3] = rt
     out[..., :3, 3] = -(rt @ m[..., :3, 3:4])[..., 0]
-    out[..., 3, 3] = 1.0
+    if m.shape[-2] == 4:
+        out[..., 3, 3] = 1.0
     return out
 
 
 def w2c_to_c2w(w2c: np.ndarray) -> np.ndarray:
     """OpenCV world-to-camera (..., 3|4, 4) -> OpenCV camera-to-world (..., 4, 4)."""
-    return invert_rigid(w2c)
+    return invert_rigid(as_4x4(w2c))
 
 
 def c2w_to_w2c(c2w: np.ndarray) -> np.ndarray:
     """OpenCV camera-to-world (..., 3|4, 4) -> OpenCV world-to-camera (..., 3, 4)."""
-    return invert_rigid(c2w)[..., :3, :]
+    return invert_rigid(as_4x4(c2w)[..., :3, :])
 
 
 def camera_centers(w2c: np.ndarray) -> np.ndarray:
@@ -113,40 +127,14 @@ def points_to_blender(points: np.ndarray) -> np.ndarray:
     return p @ CV_WORLD_TO_BLENDER_WORLD[:3, :3].T.astype(p.dtype if p.dtype.kind == "f" else np.float64)
 
 
-def rotation_to_quaternion(r: np.ndarray) -> np.ndarray:
-    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) as (w, x, y, z) with w >= 0."""
-    r = np.asarray(r, np.float64)
-    # the largest eigenvector of Bar-Itzhack's symmetric 4x4 matrix: robust for any rotation
-    k = np.zeros(r.shape[:-2] + (4, 4))
-    k[..., 0, 0] = r[..., 0, 0] - r[..., 1, 1] - r[..., 2, 2]
-    k[..., 1, 1] = r[..., 1, 1] - r[..., 0, 0] - r[..., 2, 2]
-    k[..., 2, 2] = r[..., 2, 2] - r[..., 0, 0] - r[..., 1, 1]
-    k[..., 3, 3] = r[..., 0, 0] + r[..., 1, 1] + r[..., 2, 2]
-    k[..., 1, 0] = k[..., 0, 1] = r[..., 0, 1] + r[..., 1, 0]
-    k[..., 2, 0] = k[..., 0, 2] = r[..., 0, 2] + r[..., 2, 0]
-    k[..., 2, 1] = k[..., 1, 2] = r[..., 1, 2] + r[..., 2, 1]
-    k[..., 3, 0] = k[..., 0, 3] = r[..., 2, 1] - r[..., 1, 2]
-    k[..., 3, 1] = k[..., 1, 3] = r[..., 0, 2] - r[..., 2, 0]
-    k[..., 3, 2] = k[..., 2, 3] = r[..., 1, 0] - r[..., 0, 1]
-    vals, vecs = np.linalg.eigh(k / 3.0)
-    xyzw = np.take_along_axis(vecs, np.argmax(vals, -1)[..., None, None], -1)[..., 0]
-    q = np.concatenate([xyzw[..., 3:], xyzw[..., :3]], -1)
-    return np.where(q[..., :1] < 0, -q, q)
-
-
-def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
-    """Unit quaternions (..., 4) as (w, x, y, z) -> rotation matrices (..., 3, 3)."""
-    q = np.asarray(q, np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-                     2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-                     2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1).reshape(q.shape[:-1] + (3, 3))
+# the earlier names of :func:`quaternions.matrix_to_quat_wxyz` / :func:`quaternions.quat_wxyz_to_matrix`
+rotation_to_quaternion = _quat.matrix_to_quat_wxyz
+quaternion_to_rotation = _quat.quat_wxyz_to_matrix
 
 
 def orientations_to_blender(q: np.ndarray) -> np.ndarray:
     """Orientations of objects in the DA3 world (w, x, y, z) -> the same in Blender's world."""
-    return rotation_to_quaternion(CV_WORLD_TO_BLENDER_WORLD[:3, :3] @ quaternion_to_rotation(q))
+    return _quat.matrix_to_quat_wxyz(CV_WORLD_TO_BLENDER_WORLD[:3, :3] @ _quat.quat_wxyz_to_matrix(q))
 
 
 def opencv_w2c_to_blender_matrix_world(w2c: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from . import conventions as conv
 from .colmap_io import ColmapModel, model_format, read_colmap_model
 from .export.depth_images import depth_to_uint16, uint16_to_depth
+from .points import resolve_conf_threshold
 from .reconstruction import atomic_folder
 
 PathLike = Union[str, os.PathLike]
@@ -535,11 +536,7 @@ def sample_from_reconstruction(rec, conf_threshold: Union[None, float, str] = "a
     from ``da3p reconstruct``) as a training sample: its processed images, poses and K, and
     its depth with 0 where the pixel is invalid, below ``conf_threshold`` ("auto": the
     official percentile rule; None: keep all) or sky."""
-    if isinstance(conf_threshold, str):
-        if conf_threshold != "auto":
-            raise ValueError(f"conf_threshold: expected a number, None or 'auto', got {conf_threshold!r}")
-        conf_threshold = rec.default_conf_threshold()
-    valid = rec.valid_mask(conf_threshold, drop_sky=drop_sky)
+    valid = rec.valid_mask(resolve_conf_threshold(conf_threshold, rec.conf), drop_sky=drop_sky)
     depth = np.where(valid, rec.depth, 0).astype(np.float32)
     return TrainingSample(images=rec.images.copy(), depth=depth, extrinsics=rec.extrinsics[:, :3].astype(np.float64),
                           intrinsics=rec.intrinsics.astype(np.float64), name="").validate()

@@ -27,7 +27,9 @@ import torch
 
 from . import conventions as conv
 from .images import LoadedImage, load_images
+from .points import depth_to_points
 from .preprocess import check_method, normalize, process_images, transform_intrinsics
+from .quaternions import matrix_to_quat_wxyz, quat_positive_w, quat_wxyz_multiply
 from .reconstruction import GaussianSet, Reconstruction
 from .geometry import apply_sim3_to_w2c, umeyama
 
@@ -113,28 +115,13 @@ def align_input_poses(pred_w2c: np.ndarray, input_w2c: np.ndarray, seed: int = 4
 # --------------------------------------------------------------------------- Gaussians
 
 
-def _quat_mul_wxyz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack((aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw), -1)
-
-
-def _mat_to_quat_wxyz(r: np.ndarray) -> np.ndarray:
-    from .rotation import mat_to_quat
-
-    xyzw = mat_to_quat(torch.from_numpy(np.asarray(r, np.float64))).numpy()
-    return np.concatenate((xyzw[..., 3:], xyzw[..., :3]), -1)
-
-
 def transform_gaussians(gs: GaussianSet, r: np.ndarray, t: np.ndarray, s: float) -> GaussianSet:
     """Gaussians carried by X -> s R X + t (means, scales, rotations and SH colours)."""
     r = np.asarray(r, np.float64)
     means = (s * gs.means.astype(np.float64) @ r.T + t).astype(np.float32)
     # renderers read the 4 stored numbers as (w, x, y, z): turn them by R in that reading
-    q = _quat_mul_wxyz(_mat_to_quat_wxyz(r)[None], gs.rotations.astype(np.float64))
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    q = np.where(q[:, :1] < 0, -q, q)
+    q = quat_wxyz_multiply(matrix_to_quat_wxyz(r)[None], gs.rotations.astype(np.float64))
+    q = quat_positive_w(q / np.linalg.norm(q, axis=-1, keepdims=True))
     harm = gs.harmonics
     if gs.sh_degree > 0 and not np.allclose(r, np.eye(3)):
         from .gaussians import rotate_sh
@@ -274,9 +261,8 @@ def _dense_sim3(src_pts: np.ndarray, dst_pts: np.ndarray, weight_ok: np.ndarray,
 
 
 def _world_points(depth, ext, k) -> np.ndarray:
-    n, h, w = depth.shape
-    rec = Reconstruction(images=np.zeros((n, h, w, 3), np.uint8), depth=depth, extrinsics=ext, intrinsics=k)
-    return rec.world_points()
+    """(n, H, W, 3) float32 world points of (n, H, W) depth, (n, 3, 4) w2c and (n, 3, 3) K."""
+    return depth_to_points(depth, k, ext)
 
 
 # --------------------------------------------------------------------------- public

@@ -1,8 +1,8 @@
 """The reconstruction: what DA3 made of a set of photos, as numpy arrays, and its scene file.
 
 numpy only (no torch): the Blender add-on reads scene files with this module, copied into the
-extension unchanged.  It imports only ``conventions`` beside it, and that one import is
-written so that it also works when both files are copied into another package.
+extension unchanged.  It imports only numpy-only modules beside it (``conventions``, ``points``,
+...), written so that this also works when they are copied into another package.
 
 Conventions (see ``docs/conventions.md``): depth is z-depth along the optical axis; poses are
 OpenCV world-to-camera ``(N, 3, 4)``; intrinsics are in pixels of the *processed* images, in
@@ -26,8 +26,11 @@ import numpy as np
 
 try:  # inside the package
     from . import conventions as _conv
+    from .points import AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points, resolve_conf_threshold
 except ImportError:  # copied as plain modules (the Blender extension)
     import conventions as _conv  # type: ignore[no-redef]
+    from points import (AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points,  # type: ignore[no-redef]
+                        resolve_conf_threshold)
 
 SCHEMA_NAME = "da3-plugins.reconstruction"
 SCHEMA_VERSION = 1
@@ -222,15 +225,10 @@ class Reconstruction:
 
     # ------------------------------------------------------------------ points
 
-    def default_conf_threshold(self, percentile: float = 40.0) -> float:
-        """The official exports' rule: min(max(1.05, P_percentile(conf)), P90(conf)); 0 without conf."""
-        if self.conf is None:
-            return 0.0
-        valid = self.conf[np.isfinite(self.conf)]
-        if valid.size == 0:
-            return 0.0
-        lo = float(np.percentile(valid, percentile))
-        return float(min(max(1.05, lo), float(np.percentile(valid, 90))))
+    def default_conf_threshold(self, percentile: float = AUTO_CONF_PERCENTILE) -> float:
+        """The official exports' rule: min(max(1.05, P_percentile(conf)), P90(conf)); 0 without conf
+        (:func:`core.points.auto_conf_threshold`)."""
+        return auto_conf_threshold(self.conf, percentile)
 
     def valid_mask(self, conf_threshold: Optional[float] = None, drop_sky: bool = True) -> np.ndarray:
         """(N, H, W) bool: finite positive depth, conf >= threshold, not sky (when known)."""
@@ -243,18 +241,11 @@ class Reconstruction:
 
     def camera_points(self) -> np.ndarray:
         """(N, H, W, 3) float32 points in each camera's frame: depth * K^-1 (u, v, 1) at pixel centres."""
-        u, v = _conv.pixel_centres(self.height, self.width)
-        pix = np.stack((u, v, np.ones_like(u)), -1)  # (H, W, 3)
-        kinv = np.linalg.inv(self.intrinsics)  # (N, 3, 3)
-        rays = np.einsum("nij,hwj->nhwi", kinv, pix)
-        return (rays * self.depth[..., None]).astype(np.float32)
+        return depth_to_points(self.depth, self.intrinsics)
 
     def world_points(self) -> np.ndarray:
         """(N, H, W, 3) float32 world points of every pixel (invalid depth gives nonsense)."""
-        cam = self.camera_points().astype(np.float64)
-        c2w = self.camera_to_world
-        world = np.einsum("nij,nhwj->nhwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
-        return world.astype(np.float32)
+        return depth_to_points(self.depth, self.intrinsics, self.extrinsics)
 
     def points(self, conf_threshold: Optional[float] = None, stride: int = 1, drop_sky: bool = True,
                views: Optional[List[int]] = None) -> PointCloud:
@@ -267,10 +258,7 @@ class Reconstruction:
             drop_sky: leave out pixels of the sky mask (when the model gives one).
             views: restrict to these view indices.
         """
-        if isinstance(conf_threshold, str):
-            if conf_threshold != "auto":
-                raise ValueError(f"conf_threshold: expected a number, None or 'auto', got {conf_threshold!r}")
-            conf_threshold = self.default_conf_threshold()
+        conf_threshold = resolve_conf_threshold(conf_threshold, self.conf)
         if int(stride) != stride or stride < 1:
             raise ValueError(f"stride: expected an integer >= 1, got {stride!r}")
         stride = int(stride)
@@ -279,19 +267,13 @@ class Reconstruction:
             if not 0 <= i < self.num_views:
                 raise ValueError(f"views: index {i} out of range for {self.num_views} views")
         mask = self.valid_mask(conf_threshold, drop_sky)[idx][:, ::stride, ::stride]
-        sub = Reconstruction(
-            images=self.images[idx][:, ::stride, ::stride],
-            depth=self.depth[idx][:, ::stride, ::stride],
-            extrinsics=self.extrinsics[idx],
-            intrinsics=_strided_intrinsics(self.intrinsics[idx], stride),
-        )
-        world = sub.world_points()
+        world = depth_to_points(self.depth[idx], self.intrinsics[idx], self.extrinsics[idx], stride=stride)
         view = np.broadcast_to(np.asarray(idx, dtype=np.int32)[:, None, None], mask.shape)
         conf = (self.conf[idx][:, ::stride, ::stride] if self.conf is not None
                 else np.ones(mask.shape, dtype=np.float32))
         return PointCloud(
             positions=np.ascontiguousarray(world[mask]),
-            colors=np.ascontiguousarray(sub.images[mask]),
+            colors=np.ascontiguousarray(self.images[idx][:, ::stride, ::stride][mask]),
             confidence=np.ascontiguousarray(conf[mask].astype(np.float32)),
             view=np.ascontiguousarray(view[mask]),
         )
@@ -378,19 +360,6 @@ class Reconstruction:
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def _strided_intrinsics(k: np.ndarray, stride: int) -> np.ndarray:
-    """K for the sub-sampled grid of every ``stride``-th pixel centre.
-
-    Sub-sampled pixel (i, j) is original pixel (s*i, s*j) whose centre is s*i + 0.5; in the
-    new grid its centre is i + 0.5, so u_new = (u - 0.5)/s + 0.5.
-    """
-    out = np.array(k, dtype=np.float64, copy=True)
-    if stride == 1:
-        return out
-    a = np.array([[1 / stride, 0, 0.5 - 0.5 / stride], [0, 1 / stride, 0.5 - 0.5 / stride], [0, 0, 1]])
-    return a @ out
 
 
 def _checked(arr, shape: Tuple[int, ...], dtype, name: str) -> np.ndarray:

@@ -25,6 +25,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .model.rotation import quat_wxyz_to_matrix
+from .seeds import EPS2D
+
 TILE = 16
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.99
@@ -40,21 +43,12 @@ class RenderOutput:
     depth: Tensor
 
 
-def quat_to_rotmat(q: Tensor) -> Tensor:
-    """(..., 4) (w, x, y, z), normalised here -> (..., 3, 3)."""
-    q = q / q.norm(dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(q.shape[:-1] + (3, 3))
-
-
 def project(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Tensor, k: Tensor, width: int, height: int,
-            eps2d: float = 0.3, near: float = 0.01):
+            eps2d: float = EPS2D, near: float = 0.01):
     """-> (means2d (G, 2), cov2d (G, 2, 2) with eps2d, depth (G,), valid (G,) bool)."""
     r = viewmat[:3, :3]
     cam = means @ r.T + viewmat[:3, 3]
-    rot = quat_to_rotmat(quats)
+    rot = quat_wxyz_to_matrix(quats)
     m = rot * scales[:, None, :]
     cov = r @ (m @ m.transpose(-1, -2)) @ r.T
     tx, ty, tz = cam.unbind(-1)
@@ -86,7 +80,7 @@ def sh_colors(harmonics: Tensor, means: Tensor, camera_center: Tensor) -> Tensor
 
 
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmat: Tensor,
-              k: Tensor, width: int, height: int, background: Optional[Tensor] = None, eps2d: float = 0.3,
+              k: Tensor, width: int, height: int, background: Optional[Tensor] = None, eps2d: float = EPS2D,
               near: float = 0.01) -> RenderOutput:
     """Render Gaussians through one pinhole camera.
 

@@ -21,6 +21,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from .core import conventions as conv
+from .core.points import resolve_conf_threshold
 from .core.reconstruction import Reconstruction
 
 try:
@@ -40,14 +41,6 @@ def _check_depth(rec: Reconstruction) -> None:
         raise TypeError(f"rec: expected a Reconstruction, got {type(rec).__name__}")
     if not np.any(np.isfinite(rec.depth) & (rec.depth > 0)):
         raise ValueError("rec: the reconstruction has no depth (no pixel with a finite positive depth)")
-
-
-def _resolve_threshold(rec: Reconstruction, conf_threshold):
-    if isinstance(conf_threshold, str):
-        if conf_threshold != "auto":
-            raise ValueError(f"conf_threshold: expected a number, None or 'auto', got {conf_threshold!r}")
-        return rec.default_conf_threshold()
-    return conf_threshold
 
 
 def _check_positive(name: str, value) -> None:
@@ -73,7 +66,7 @@ def to_point_cloud(rec: Reconstruction, *, conf_threshold: Union[None, float, st
     o3d = _open3d()
     _check_depth(rec)
     _check_positive("voxel_size", voxel_size)
-    cloud = rec.points(conf_threshold=_resolve_threshold(rec, conf_threshold), stride=stride)
+    cloud = rec.points(conf_threshold=resolve_conf_threshold(conf_threshold, rec.conf), stride=stride)
     if len(cloud) == 0:
         raise ValueError(f"conf_threshold: no point passes the threshold {conf_threshold!r}; lower it")
     pcd = o3d.geometry.PointCloud()
@@ -141,7 +134,7 @@ def to_rgbd_images(rec: Reconstruction, *, conf_threshold: Union[None, float, st
     reconstruction's units, depth_scale 1; pixels below ``conf_threshold`` or sky get depth 0)."""
     o3d = _open3d()
     _check_depth(rec)
-    mask = rec.valid_mask(_resolve_threshold(rec, conf_threshold))
+    mask = rec.valid_mask(resolve_conf_threshold(conf_threshold, rec.conf))
     out = []
     for i in range(rec.num_views):
         depth = np.where(mask[i], rec.depth[i], 0).astype(np.float32)
@@ -177,7 +170,7 @@ def fuse_tsdf(rec: Reconstruction, *, voxel_size: Optional[float] = None, sdf_tr
     _check_depth(rec)
     for name, v in (("voxel_size", voxel_size), ("sdf_trunc", sdf_trunc), ("depth_trunc", depth_trunc)):
         _check_positive(name, v)
-    thr = _resolve_threshold(rec, conf_threshold)
+    thr = resolve_conf_threshold(conf_threshold, rec.conf)
     mask = rec.valid_mask(thr)
     if not mask.any():
         raise ValueError(f"conf_threshold: no pixel passes the threshold {conf_threshold!r}; lower it")

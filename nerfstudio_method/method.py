@@ -40,9 +40,8 @@ from nerfstudio.plugins.types import MethodSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from da3_plugins.core.render import rasterize
+from da3_plugins.core.seeds import rgb_to_sh_dc
 from da3_plugins.nerfstudio.dataparser import DA3DataParserConfig
-
-SH_C0 = 0.28209479177387814
 
 # checkpoints hold numpy scalars in the scheduler state; torch's weights_only loader (used by
 # ns-export / ns-viewer) refuses them unless allowed
@@ -123,7 +122,7 @@ class DA3SplatModel(SplatfactoModel):
                 scales = torch.log(torch.from_numpy(np.maximum(dist, 1e-6)).float())[:, None].repeat(1, 3)
                 opac = torch.full((n, 1), self.config.initial_opacity)
             shs = torch.zeros(n, dim_sh, 3)
-            shs[:, 0, :] = (seed[1].float() / 255.0 - 0.5) / SH_C0
+            shs[:, 0, :] = torch.from_numpy(rgb_to_sh_dc(seed[1].cpu().numpy()))
             quats = torch.zeros(n, 4)
             quats[:, 0] = 1.0
             params = {"means": means, "scales": scales, "quats": quats, "features_dc": shs[:, 0, :],

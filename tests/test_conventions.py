@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from da3_plugins.core import conventions as conv
+from da3_plugins.core import quaternions as quat
 from helpers import random_cameras
 
 # random_cameras come from float32 rotations, orthonormal to ~1e-7: hence atol 1e-6 below
@@ -134,11 +135,47 @@ def test_quaternion_round_trip_and_blender_orientation():
     q = rng.normal(size=(50, 4))
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     q[q[:, 0] < 0] *= -1
-    r = conv.quaternion_to_rotation(q)
+    r = quat.quat_wxyz_to_matrix(q)
     np.testing.assert_allclose(r @ np.swapaxes(r, -1, -2), np.tile(np.eye(3), (50, 1, 1)), atol=1e-12)
-    np.testing.assert_allclose(conv.rotation_to_quaternion(r), q, atol=1e-9)
+    np.testing.assert_allclose(quat.matrix_to_quat_wxyz(r), q, atol=1e-9)
     # an object's local x axis, turned by its orientation, maps like a point direction
     qb = conv.orientations_to_blender(q)
     axis_world = r[:, :, 0]
-    axis_blender = conv.quaternion_to_rotation(qb)[:, :, 0]
+    axis_blender = quat.quat_wxyz_to_matrix(qb)[:, :, 0]
     np.testing.assert_allclose(axis_blender, conv.points_to_blender(axis_world), atol=1e-9)
+
+
+def test_numpy_and_torch_quaternion_twins_agree():
+    torch = pytest.importorskip("torch")
+    from da3_plugins.core.model import rotation as tquat
+
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(40, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    r = quat.quat_wxyz_to_matrix(q)
+    np.testing.assert_allclose(tquat.quat_wxyz_to_matrix(torch.from_numpy(q)).numpy(), r, atol=1e-12)
+    np.testing.assert_allclose(tquat.quat_xyzw_to_matrix(torch.from_numpy(quat.quat_wxyz_to_xyzw(q))).numpy(), r,
+                               atol=1e-12)
+    np.testing.assert_allclose(tquat.matrix_to_quat_wxyz(torch.from_numpy(r)).numpy(), quat.matrix_to_quat_wxyz(r),
+                               atol=1e-9)
+    np.testing.assert_allclose(quat.quat_xyzw_to_wxyz(tquat.matrix_to_quat_xyzw(torch.from_numpy(r)).numpy()),
+                               quat.matrix_to_quat_wxyz(r), atol=1e-9)
+    # the product composes rotations: R(a b) = R(a) R(b)
+    ab = quat.quat_wxyz_multiply(q[:20], q[20:])
+    np.testing.assert_allclose(quat.quat_wxyz_to_matrix(ab), r[:20] @ r[20:], atol=1e-12)
+    assert (quat.quat_positive_w(-q)[:, 0] >= 0).all()
+
+
+@pytest.mark.parametrize("rows", [3, 4])
+def test_invert_rigid_one_contract_in_numpy_and_torch(rows):
+    torch = pytest.importorskip("torch")
+    from da3_plugins.core.model.camera import invert_rigid as invert_rigid_torch
+
+    w2c = random_cameras(1, 6, 40, 60, seed=2)[0][0].double().numpy()[:, :rows]
+    inv = conv.invert_rigid(w2c)
+    assert inv.shape == w2c.shape  # the layout it came in
+    np.testing.assert_allclose((conv.as_4x4(inv) @ conv.as_4x4(w2c))[:, :rows], np.tile(np.eye(4)[:rows], (6, 1, 1)),
+                               atol=1e-6)
+    t = invert_rigid_torch(torch.from_numpy(w2c))
+    assert tuple(t.shape) == w2c.shape
+    np.testing.assert_allclose(t.numpy(), inv, atol=1e-12)

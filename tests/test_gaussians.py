@@ -12,7 +12,7 @@ import torch
 
 from da3_plugins.core.config import GaussianConfig
 from da3_plugins.core.gaussians import GaussianAdapter, real_sh_basis, rotate_sh, sh_rotation_matrices
-from da3_plugins.core.rotation import quat_to_mat
+from da3_plugins.core.rotation import quat_xyzw_to_matrix
 from da3_plugins.core.sim3 import umeyama_sim3
 from helpers import assert_close, random_cameras, random_rotations
 
@@ -151,7 +151,7 @@ def test_rotate_sh_matches_e3nn_recipe_float64():
     wigner_D(l, alpha, -beta, gamma)) equals our matrices to round-off, for l = 0..4."""
     o3 = pytest.importorskip("e3nn.o3")
     g = torch.Generator().manual_seed(11)
-    rot = quat_to_mat(torch.randn(12, 4, generator=g, dtype=torch.float64))  # orthonormal to 1e-16
+    rot = quat_xyzw_to_matrix(torch.randn(12, 4, generator=g, dtype=torch.float64))  # orthonormal to 1e-16
     perm = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]], dtype=torch.float64)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # e3nn builds its generators in the default dtype
@@ -179,7 +179,7 @@ def test_rotate_sh_is_a_rotation_of_the_function():
         -1,
     )
     assert torch.allclose(real_sh_basis(dirs, 2), gs_basis, atol=1e-14)
-    rot = quat_to_mat(torch.randn(4, generator=g, dtype=torch.float64))  # orthonormal to 1e-16
+    rot = quat_xyzw_to_matrix(torch.randn(4, generator=g, dtype=torch.float64))  # orthonormal to 1e-16
     coeffs = torch.randn(16, generator=g, dtype=torch.float64)
     rotated = rotate_sh(coeffs, rot)
     assert torch.allclose(real_sh_basis(dirs, 3) @ rotated, real_sh_basis(dirs @ rot, 3) @ coeffs, atol=1e-12)
@@ -191,7 +191,7 @@ def test_rotate_sh_near_identity_is_accurate():
     for angle in (1e-3, 1e-5, 0.0):
         axis = torch.nn.functional.normalize(torch.tensor([0.3, 1.0, 0.7]), dim=0)
         q = torch.cat((axis * math.sin(angle / 2), torch.tensor([math.cos(angle / 2)])))
-        rot = quat_to_mat(q)
+        rot = quat_xyzw_to_matrix(q)
         sh = torch.randn(3, 9, generator=g)
         exact = rotate_sh(sh.double(), rot.double())
         assert (rotate_sh(sh, rot).double() - exact).abs().max() < 1e-6

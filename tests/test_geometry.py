@@ -11,6 +11,8 @@ import torch
 
 from da3_plugins.core import conventions as conv
 from da3_plugins.core import geometry as geo
+from da3_plugins.core.points import depth_to_points
+from da3_plugins.core.quaternions import quat_wxyz_to_matrix
 from da3_plugins.core.synthetic import make_scene
 
 
@@ -29,12 +31,12 @@ def official():
 def _rotation(axis, deg: float) -> np.ndarray:
     axis = np.asarray(axis, np.float64) / np.linalg.norm(axis)
     half = math.radians(deg) / 2
-    return conv.quaternion_to_rotation(np.concatenate(([math.cos(half)], math.sin(half) * axis)))
+    return quat_wxyz_to_matrix(np.concatenate(([math.cos(half)], math.sin(half) * axis)))
 
 
 def _random_sim3(rng):
     q = rng.normal(size=4)
-    return conv.quaternion_to_rotation(q / np.linalg.norm(q)), rng.normal(size=3) * 2, float(rng.uniform(0.3, 3))
+    return quat_wxyz_to_matrix(q / np.linalg.norm(q)), rng.normal(size=3) * 2, float(rng.uniform(0.3, 3))
 
 
 # ----------------------------------------------------------------------------- points
@@ -69,6 +71,40 @@ def test_depth_to_world_points_match_the_reconstruction_and_project_back(scene):
     np.testing.assert_allclose(uv[..., 0] / uv[..., 2], np.broadcast_to(u, uv.shape[:3]), atol=1e-6)
     np.testing.assert_allclose(uv[..., 1] / uv[..., 2], np.broadcast_to(v, uv.shape[:3]), atol=1e-6)
     np.testing.assert_allclose(cam[..., 2], scene.depth, rtol=1e-6)
+
+
+def reference_depth_to_points(depth: np.ndarray, k: np.ndarray, w2c=None) -> np.ndarray:
+    """Slow float64 reference of :func:`core.points.depth_to_points` for (N, H, W) depth: the
+    per-pixel ``R_c2w (d K^-1 (u, v, 1)) + C`` written out with einsum, as the five copies it
+    replaced computed it."""
+    u, v = conv.pixel_centres(*depth.shape[1:])
+    pix = np.stack((u, v, np.ones_like(u)), -1)
+    cam = np.einsum("nij,hwj->nhwi", np.linalg.inv(k), pix) * depth[..., None].astype(np.float64)
+    if w2c is None:
+        return cam
+    c2w = conv.w2c_to_c2w(w2c)
+    return np.einsum("nij,nhwj->nhwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
+
+
+def test_depth_to_points_fast_path_matches_the_reference(scene):
+    ref = reference_depth_to_points(scene.depth, scene.intrinsics, scene.extrinsics)
+    fast = depth_to_points(scene.depth, scene.intrinsics, scene.extrinsics)
+    assert fast.dtype == np.float32 and fast.shape == ref.shape
+    np.testing.assert_allclose(fast, ref, atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(depth_to_points(scene.depth, scene.intrinsics, scene.extrinsics, dtype=np.float64),
+                               ref, atol=1e-12 * np.abs(ref).max())
+    np.testing.assert_allclose(depth_to_points(scene.depth, scene.intrinsics, dtype=np.float64),
+                               reference_depth_to_points(scene.depth, scene.intrinsics), atol=1e-12 * np.abs(ref).max())
+    # stride: the full grid sliced; leading batch dimensions and one K broadcast
+    np.testing.assert_array_equal(depth_to_points(scene.depth, scene.intrinsics, scene.extrinsics, stride=3),
+                                  fast[:, ::3, ::3])
+    batched = depth_to_points(np.stack([scene.depth, scene.depth]), scene.intrinsics[None], scene.extrinsics[None])
+    assert batched.shape == (2,) + fast.shape
+    np.testing.assert_array_equal(batched[1], fast)
+    one_k = depth_to_points(scene.depth, scene.intrinsics[0])
+    np.testing.assert_allclose(one_k[0], depth_to_points(scene.depth[0], scene.intrinsics[0]), atol=0)
+    with pytest.raises(ValueError, match="stride"):
+        depth_to_points(scene.depth, scene.intrinsics, stride=0)
 
 
 def test_point_functions_reject_bad_shapes(scene):

@@ -12,6 +12,7 @@ import torch
 from da3_plugins.core import conventions as conv
 from da3_plugins.core import geometry as geo
 from da3_plugins.core.ray_pose import rays_to_cameras
+from da3_plugins.core.quaternions import quat_wxyz_to_matrix
 from da3_plugins.core.synthetic import (Box, Lighting, Material, Quad, SceneConfig, Sphere, SyntheticScene,
                                         generate_scene, look_at, make_scene, ray_map, render, room_quads)
 
@@ -174,7 +175,7 @@ def test_visibility_and_visible_samples():
 
 
 def test_distance_to_surface_is_exact():
-    box = Box([0, 0, 0], [1.0, 2.0, 3.0], rot=conv.quaternion_to_rotation(np.array([0.9, 0.1, 0.3, -0.2])))
+    box = Box([0, 0, 0], [1.0, 2.0, 3.0], rot=quat_wxyz_to_matrix(np.array([0.9, 0.1, 0.3, -0.2])))
     ball = Sphere([10, 0, 0], 2.0)
     wall = Quad([0, 0, 20], [4, 0, 0], [0, 4, 0])
     # along each primitive's normal, off its surface by a known amount

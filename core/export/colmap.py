@@ -25,6 +25,8 @@ from typing import BinaryIO, List, NamedTuple, Union
 import numpy as np
 
 from .. import conventions as conv
+from ..points import depth_to_points, resolve_conf_threshold
+from ..quaternions import matrix_to_quat_wxyz
 from ..reconstruction import Reconstruction, atomic_folder
 
 PathLike = Union[str, os.PathLike]
@@ -56,33 +58,19 @@ def image_file_names(rec: Reconstruction) -> List[str]:
     return [f"{name}.png" for name in rec.image_names]
 
 
-def _resolve_threshold(rec: Reconstruction, conf_threshold) -> Union[None, float]:
-    if isinstance(conf_threshold, str):
-        if conf_threshold != "auto":
-            raise ValueError(f"conf_threshold: expected a number, None or 'auto', got {conf_threshold!r}")
-        return rec.default_conf_threshold()
-    return None if conf_threshold is None else float(conf_threshold)
-
-
 def _build(rec: Reconstruction, conf_threshold, stride: int, max_points: int, seed: int) -> _Model:
-    thr = _resolve_threshold(rec, conf_threshold)
-    mask = rec.valid_mask(thr)
-    grid = np.zeros_like(mask)
-    grid[:, ::stride, ::stride] = True
-    mask &= grid
-    v, row, col = np.nonzero(mask)
+    mask = rec.valid_mask(resolve_conf_threshold(conf_threshold, rec.conf))[:, ::stride, ::stride]
+    v, row, col = np.nonzero(mask)  # indices into the strided grid
     if len(v) == 0:
         raise ValueError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
     if len(v) > max_points:
         pick = np.sort(np.random.default_rng(seed).choice(len(v), max_points, replace=False))
         v, row, col = v[pick], row[pick], col[pick]
-    # pixel centres (continuous coordinates of the processed image), back-projected
+    # the pixel centres back-projected, in float64: every point reprojects onto its pixel to 1e-6 px
+    xyz = depth_to_points(rec.depth, rec.intrinsics, rec.extrinsics, stride=stride, dtype=np.float64)[v, row, col]
+    row, col = row * stride, col * stride
     u_grid, v_grid = conv.pixel_centres(rec.height, rec.width)
-    pix = np.stack([u_grid[row, col], v_grid[row, col], np.ones(len(v))], -1)  # (P, 3)
-    rays = np.einsum("pij,pj->pi", np.linalg.inv(rec.intrinsics)[v], pix)
-    cam = rays * rec.depth[v, row, col].astype(np.float64)[:, None]
-    c2w = rec.camera_to_world[v]
-    xyz = np.einsum("pij,pj->pi", c2w[:, :3, :3], cam) + c2w[:, :3, 3]
+    pix = np.stack([u_grid[row, col], v_grid[row, col], np.ones(len(v))], -1)  # (P, 3) continuous coordinates
     finite = np.isfinite(xyz).all(1)
     v, pix, xyz = v[finite], pix[finite], xyz[finite]
     row, col = row[finite], col[finite]
@@ -98,7 +86,7 @@ def _build(rec: Reconstruction, conf_threshold, stride: int, max_points: int, se
         per_image.append(sel)
     return _Model(
         k_orig=rec.intrinsics_original, names=image_file_names(rec),
-        qvec=conv.rotation_to_quaternion(rec.extrinsics[:, :3, :3]), tvec=rec.extrinsics[:, :3, 3].copy(),
+        qvec=matrix_to_quat_wxyz(rec.extrinsics[:, :3, :3]), tvec=rec.extrinsics[:, :3, 3].copy(),
         view=v, xyz=xyz, rgb=rec.images[v, row, col], uv=uv, point_ids=np.arange(1, len(v) + 1, dtype=np.int64),
         idx_in_image=idx_in_image, per_image=per_image)
 

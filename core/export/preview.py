@@ -11,32 +11,29 @@ import numpy as np
 
 from .. import conventions as conv
 from ..reconstruction import GaussianSet, Reconstruction, atomic_path
+from ..seeds import rgb_to_sh_dc, seed_scales
 from .depth_images import colorize_depth
 
 PathLike = Union[str, os.PathLike]
-SH_C0 = 0.28209479177387814
 
 
 def points_as_gaussians(rec: Reconstruction, conf_threshold="auto", max_points: int = 200_000,
                         seed: int = 0) -> GaussianSet:
-    """One round Gaussian per reconstructed point, about a pixel wide where it was seen, with
-    the pixel's colour (SH degree 0) and full opacity.  Above ``max_points`` a random subset
-    is kept and each Gaussian widened by the square root of the thinning, so surfaces stay
-    closed."""
+    """One round Gaussian per reconstructed point, about a pixel wide where it was seen
+    (:func:`core.seeds.seed_scales`), with the pixel's colour (SH degree 0) and opacity 0.95.
+    Above ``max_points`` a random subset is kept, and the seed rule widens each Gaussian by the
+    square root of the thinning, so surfaces stay closed."""
     cloud = rec.points(conf_threshold=conf_threshold)
     pts, colors, view = cloud.positions.astype(np.float64), cloud.colors, cloud.view
-    widen = 1.0
+    density = 1.0
     if len(pts) > max_points:
-        widen = (len(pts) / max_points) ** 0.5
+        density = max_points / len(pts)
         pick = np.sort(np.random.default_rng(seed).choice(len(pts), max_points, replace=False))
         pts, colors, view = pts[pick], colors[pick], view[pick]
-    ext = rec.extrinsics[view]
-    z = np.einsum("nj,nj->n", ext[:, 2, :3], pts) + ext[:, 2, 3]
-    scale = 0.7 * widen * np.abs(z) / rec.intrinsics[view, 0, 0]
+    scale = seed_scales(pts, view, rec.extrinsics, rec.intrinsics, density)
     g = len(pts)
-    sh = ((colors.astype(np.float32) / 255.0) - 0.5) / SH_C0
     return GaussianSet(means=pts, scales=np.repeat(scale[:, None], 3, 1), rotations=np.tile([1.0, 0, 0, 0], (g, 1)),
-                       harmonics=sh[:, :, None], opacities=np.full(g, 0.95), view=view)
+                       harmonics=rgb_to_sh_dc(colors)[:, :, None], opacities=np.full(g, 0.95), view=view)
 
 
 def novel_view(rec: Reconstruction, pull_back: float = 0.6, lift: float = 0.25):
