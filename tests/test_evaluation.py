@@ -12,7 +12,6 @@ from da3_plugins.cli import main
 from da3_plugins.core import load_model
 from da3_plugins.core.evaluation import METRICS, evaluate, heldout_scenes, score_scene
 from da3_plugins.core.geometry import apply_sim3_to_poses
-from da3_plugins.core.synthetic import make_scene
 
 
 def _rot(deg):
@@ -20,8 +19,8 @@ def _rot(deg):
     return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
 
 
-def test_exact_prediction_in_another_frame_and_scale_scores_perfectly():
-    s = make_scene("room", num_views=4, height=42, width=56, seed=2)
+def test_exact_prediction_in_another_frame_and_scale_scores_perfectly(small_room_scene):
+    s = small_room_scene
     gt = (s.depth.astype(np.float64), s.extrinsics, s.intrinsics)
     scale = 0.37
     ext = apply_sim3_to_poses(s.extrinsics, _rot(30), np.array([1.0, -2.0, 0.5]), scale)
@@ -31,8 +30,8 @@ def test_exact_prediction_in_another_frame_and_scale_scores_perfectly():
     assert sc.chamfer < 1e-6 and sc.fscore == 1.0
 
 
-def test_identity_baseline_and_a_perturbed_prediction_score_in_order():
-    s = make_scene("room", num_views=4, height=42, width=56, seed=2)
+def test_identity_baseline_and_a_perturbed_prediction_score_in_order(small_room_scene):
+    s = small_room_scene
     gt = (s.depth.astype(np.float64), s.extrinsics, s.intrinsics)
     ident = score_scene(np.ones_like(gt[0]), np.tile(np.eye(4)[:3], (4, 1, 1)), s.intrinsics, *gt)
     assert ident.auc03 == 0.0 and ident.auc30 == 0.0  # no translation direction at all

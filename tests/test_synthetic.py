@@ -11,15 +11,10 @@ import torch
 
 from da3_plugins.core import conventions as conv
 from da3_plugins.core import geometry as geo
-from da3_plugins.core.ray_pose import rays_to_cameras
+from da3_plugins.core.model.ray_pose import rays_to_cameras
 from da3_plugins.core.quaternions import quat_wxyz_to_matrix
 from da3_plugins.core.synthetic import (Box, Lighting, Material, Quad, SceneConfig, Sphere, SyntheticScene,
                                         generate_scene, look_at, make_scene, ray_map, render, room_quads)
-
-
-@pytest.fixture(scope="module")
-def room():
-    return make_scene("room", num_views=5, height=84, width=112, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +57,7 @@ def _analytic_depth(scene, view: int, row: int, col: int) -> float:
     return min(ts) if ts else 0.0
 
 
-@pytest.mark.parametrize("which", ["room", "open_objects"])
+@pytest.mark.parametrize("which", ["room_scene", "open_objects"])
 def test_depth_matches_analytic_intersections(which, request):
     scene = request.getfixturevalue(which)
     rng = np.random.default_rng(0)
@@ -134,7 +129,8 @@ def test_open_scene_background(open_objects):
     assert scene.distance_to_surface(pts).max() < 1e-4 * scene.extent
 
 
-def test_sample_surface_is_on_the_surface_and_area_weighted(room):
+def test_sample_surface_is_on_the_surface_and_area_weighted(room_scene):
+    room = room_scene
     pts = room.sample_surface(20000, seed=2)
     assert pts.shape == (20000, 3)
     assert room.distance_to_surface(pts).max() < 1e-9

@@ -183,7 +183,8 @@ def test_make_embedded_model_is_the_packed_models_recipe():
     from importlib.resources import files
     from pathlib import Path
 
-    from da3_plugins.cli import build_parser, train_config_from_args
+    from da3_plugins.cli import build_parser
+    from da3_plugins.train_commands import train_config_from_args
 
     make = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     stage2 = shlex.split(re.search(r"^EMBEDDED_STAGE2 := (.*)$", make, re.M).group(1))
@@ -204,7 +205,7 @@ def test_make_embedded_model_is_the_packed_models_recipe():
 
 
 def test_view_runs_keep_overlapping_views_together():
-    from da3_plugins.core.training import _view_run
+    from da3_plugins.core.training.data import _view_run
 
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -220,16 +221,15 @@ def test_view_runs_keep_overlapping_views_together():
         SyntheticDataConfig(max_view_gap=-1)
 
 
-def test_the_correspondence_aid_trains_the_matching_heads():
+def test_the_correspondence_aid_trains_the_matching_heads(tiny_model):
     """With a correspondence weight the loss has that term, and it reaches head 0's queries and
     keys of the cross-view blocks (the network itself is unchanged); without it there is no term."""
     s = make_scene("room", num_views=2, height=42, width=56, seed=4)
     batch = Batch(s.images[None], s.depth[None], s.extrinsics[None, :, :3], s.intrinsics[None])
     tgt = prepare_targets(batch)
     from da3_plugins.core.losses import LossWeights
-    from da3_plugins.core.model import random_model
 
-    net = random_model("da3-tiny", seed=0, device="cpu").net
+    net = tiny_model.net
     with torch.enable_grad():
         out = forward_for_training(net, tgt.images, match_heads=True)
         assert len(out["match_q"]) == 2 and out["match_q"][0].shape == (1, 1, 12, 64)
@@ -244,10 +244,8 @@ def test_the_correspondence_aid_trains_the_matching_heads():
     assert "correspondence" not in plain
 
 
-def test_head_query_key_is_the_attentions_own_split():
-    from da3_plugins.core.model import random_model
-
-    attn = random_model("da3-tiny", seed=0, device="cpu").net.backbone.pretrained.blocks[5].attn
+def test_head_query_key_is_the_attentions_own_split(tiny_model):
+    attn = tiny_model.net.backbone.pretrained.blocks[5].attn
     x = torch.randn(2, 10, 192)
     q, k, _ = attn.qkv(x).reshape(2, 10, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)

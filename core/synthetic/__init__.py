@@ -1,0 +1,45 @@
+"""Synthetic scenes with exact ground truth: textured rooms, boxes and spheres, ray cast.
+
+Pure numpy (no torch, no other dependency).  Every pixel's ray goes through its centre
+``(i + 0.5, j + 0.5)`` with the scene's K (continuous pixel coordinates, see
+``docs/conventions.md``), meets the nearest primitive, and gives
+
+* the exact **z-depth** (float32; the ray is built with camera-frame z = 1, so the ray
+  parameter *is* the z-depth),
+* a colour: a procedural solid texture (checker / stripes / fractal noise, two colours per
+  primitive, plus fine detail noise) times Lambertian shading from one directional light and
+  an ambient term.  Shading is view-independent, so the views are photometrically consistent.
+
+**Background.**  By default the scenes are *closed* (a room encloses everything), so every
+ray hits a surface and every depth is valid.  With ``closed=False`` the room is replaced by a
+finite floor; rays that hit nothing get **depth 0** (the project's "invalid" value, which
+:meth:`Reconstruction.valid_mask` drops) and the background colour, and
+:attr:`SyntheticScene.background` marks them.
+
+**World frame.**  OpenCV-like: y points *down* (the floor is the plane y = ``floor_y`` > 0),
+so "up" is -y.  Cameras are OpenCV (x right, y down, z forward).
+
+The surface is the union of the primitives' boundaries: :meth:`SyntheticScene.sample_surface`
+and :meth:`SyntheticScene.distance_to_surface` use exactly that set (object placement avoids
+overlaps between objects, but a box's bottom face lies on the floor);
+``sample_surface(n, visible=True)`` keeps to the part some view sees (exact ray-cast
+visibility, :meth:`SyntheticScene.visible_from`).
+
+    scene = make_scene("room", num_views=6, height=126, width=168, seed=0)
+    rec = scene.to_reconstruction()          # the ground truth as a Reconstruction
+    pts = scene.sample_surface(10000)        # points on the true surface, by area
+    d = scene.distance_to_surface(points)    # exact unsigned distance to it
+    rays = scene.ray_map(relative_to=0)      # exact DA3-layout ray map
+
+Modules: :mod:`.raycast` (materials, primitives, textures, ray casting and rendering) and
+:mod:`.scene` (scene configs, the scene with its ground-truth queries, layout generation);
+``scene`` imports ``raycast``, never the reverse.
+"""
+
+from .raycast import Box, Lighting, Material, Primitive, Quad, Sphere, cast_rays, render, room_quads
+from .scene import SceneConfig, SyntheticScene, generate_scene, look_at, make_scene, ray_map
+
+__all__ = [
+    "Material", "Lighting", "Quad", "Box", "Sphere", "Primitive", "room_quads", "cast_rays", "render",
+    "SceneConfig", "SyntheticScene", "ray_map", "look_at", "generate_scene", "make_scene",
+]
