@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, TextIO, Tuple
 
-from da3_plugins.core.errors import OptionError, UserInputError, first_line
+from da3_plugins.core.errors import HubError, OptionError, UserInputError, first_line
 from da3_plugins.core.export.registry import DEFAULT_EXPORTS, EXPORTS, parse_export_list, write_exports
 from da3_plugins.core.options import ReconstructOptions
 
-DEFAULT_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
-"""What ``da3p reconstruct`` and the worker load when no model is named (the official default)."""
+from da3_plugins.core.model_source import DEFAULT_MODEL  # what loads when no model is named
 
 __all__ = [
     "DEFAULT_MODEL", "OutputDir", "Progress", "RunRequest", "RunResult", "UserInputError", "load_model_for",
@@ -207,7 +206,9 @@ def load_model_for(source: Optional[str], *, device: str = "auto", precision: Op
         model = load_model(name, device=device, dtype=precision)
     except (UserInputError, FileNotFoundError, ImportError) as exc:
         hint = ""
-        if source is None:
+        if source is None and isinstance(exc, HubError):  # its line already says how to get it
+            hint = f" (no {flag} given, so the official default was tried)"
+        elif source is None:
             hint = (f" (no {flag} given, so the official {DEFAULT_MODEL} was tried. Download it on a machine "
                     f"with access: huggingface-cli download {DEFAULT_MODEL} --local-dir DA3_DIR, then pass "
                     f"{flag} DA3_DIR; or use {flag} embedded, the small offline demo model)")

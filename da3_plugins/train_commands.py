@@ -47,8 +47,13 @@ def cmd_train(args, progress: Progress) -> int:
 
     if args.data is not None and not Path(args.data).is_dir():
         raise UserInputError(f"--data {args.data}: no such folder")
-    if args.init is not None and args.init != "embedded" and not Path(args.init).exists() and args.init.count("/") != 1:
-        raise UserInputError(f"--init {args.init}: no such checkpoint folder or file")
+    if args.init is not None:
+        from da3_plugins.core.model_source import classify_model_source
+
+        try:
+            classify_model_source(args.init)  # embedded, a folder, a file or a hub id
+        except UserInputError as exc:
+            raise UserInputError(f"--init {first_line(exc)}") from None
     cfg = train_config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,6 +11,7 @@ stored once, as ``safetensors.torch.save_model`` writes them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -107,11 +108,16 @@ def _hub_download(repo_id: str, revision: Optional[str] = None) -> Path:
             'pip install "da3-plugins[hub]", or download the repo\'s config.json and model.safetensors '
             "into a folder and pass that folder"
         ) from None
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would bury our one line
     try:
         cfg = hf_hub_download(repo_id, CONFIG_NAME, revision=revision)
         hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision)
     except Exception as exc:  # network errors, missing repo, offline mode: one line each
         raise HubError(_hub_failure(repo_id, revision, exc)) from None
+    finally:
+        hub_log.setLevel(level)
     return Path(cfg).parent
 
 
