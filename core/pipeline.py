@@ -18,7 +18,7 @@ import contextlib
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -27,13 +27,17 @@ import torch
 
 from . import conventions as conv
 from .images import LoadedImage, load_images
+from .errors import OptionError, UserInputError
+from .geometry import apply_sim3_to_w2c, umeyama
+from .options import REF_VIEW_STRATEGIES, ReconstructOptions, SceneOptions
 from .points import depth_to_points
-from .preprocess import check_method, normalize, process_images, transform_intrinsics
+from .precision import backbone_precision, precision_name, resolve_dtype as resolve_precision
+from .preprocess import normalize, process_images, transform_intrinsics
 from .quaternions import matrix_to_quat_wxyz, quat_positive_w, quat_wxyz_multiply
 from .reconstruction import GaussianSet, Reconstruction
-from .geometry import apply_sim3_to_w2c, umeyama
 
-REF_VIEW_STRATEGIES = ("first", "middle", "saddle_balanced", "saddle_sim_range")
+__all__ = ["REF_VIEW_STRATEGIES", "ProgressEvent", "ReconstructOptions", "chunk_ranges", "normalize_extrinsics",
+           "reconstruct", "resolve_options", "transform_gaussians"]
 SKY_THRESHOLD = 0.5  # the official Prediction's sky mask threshold
 RANSAC_MIN_VIEWS = 10  # the official API aligns to given poses with RANSAC from 10 views
 
@@ -124,7 +128,7 @@ def transform_gaussians(gs: GaussianSet, r: np.ndarray, t: np.ndarray, s: float)
     q = quat_positive_w(q / np.linalg.norm(q, axis=-1, keepdims=True))
     harm = gs.harmonics
     if gs.sh_degree > 0 and not np.allclose(r, np.eye(3)):
-        from .gaussians import rotate_sh
+        from .model.gaussians import rotate_sh
 
         harm = rotate_sh(torch.from_numpy(harm), torch.from_numpy(r.astype(np.float32))).numpy()
     return GaussianSet(means=means, scales=gs.scales * np.float32(s), rotations=q.astype(np.float32),
@@ -252,7 +256,7 @@ def _dense_sim3(src_pts: np.ndarray, dst_pts: np.ndarray, weight_ok: np.ndarray,
     """Sim(3) from matching dense points (src -> dst), using the pixels where ``weight_ok``."""
     src, dst = src_pts[weight_ok], dst_pts[weight_ok]
     if src.shape[0] < 3:
-        raise ValueError("chunk alignment: too few reliable shared pixels between overlapping chunks; "
+        raise UserInputError("chunk alignment: too few reliable shared pixels between overlapping chunks; "
                          "raise the overlap or max_views_per_pass")
     if src.shape[0] > max_points:
         pick = np.random.default_rng(0).choice(src.shape[0], max_points, replace=False)
@@ -268,33 +272,49 @@ def _world_points(depth, ext, k) -> np.ndarray:
 # --------------------------------------------------------------------------- public
 
 
+def resolve_options(options: Optional[ReconstructOptions] = None, overrides: Optional[dict] = None) -> ReconstructOptions:
+    """``options`` (default: the defaults) with keyword ``overrides`` applied, validated.
+
+    An unknown keyword is an :class:`OptionError` naming it."""
+    base = options if options is not None else ReconstructOptions()
+    if not isinstance(base, ReconstructOptions):
+        raise OptionError(f"options: expected a ReconstructOptions, got {type(base).__name__}")
+    if not overrides:
+        return base
+    known = {f.name for f in ReconstructOptions.option_fields()}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise OptionError(f"{unknown[0]}: not a reconstruction option; known: {', '.join(sorted(known))}")
+    return replace(base, **overrides)
+
+
 def reconstruct(
     model,
     images,
+    options: Optional[ReconstructOptions] = None,
     *,
     extrinsics: Optional[np.ndarray] = None,
     intrinsics: Optional[np.ndarray] = None,
-    process_res: int = 504,
-    process_res_method: str = "upper_bound_resize",
-    ref_view_strategy: str = "saddle_balanced",
-    use_ray_pose: bool = False,
-    infer_gs: bool = False,
-    align_to_input_ext_scale: bool = True,
-    max_views_per_pass: Optional[int] = None,
-    chunk_overlap: Optional[int] = None,
     fps: Optional[float] = 2.0,
-    seed: Optional[int] = 0,
     progress: Optional[ProgressFn] = None,
+    **option_values,
 ) -> Reconstruction:
-    """Run DA3 on photos; see :meth:`DA3Model.reconstruct` for the arguments."""
+    """Run DA3 on photos; see :meth:`DA3Model.reconstruct` for the arguments.
+
+    ``options`` is a :class:`ReconstructOptions`; keywords named like its fields override it."""
+    opts = resolve_options(options, option_values)
+    if opts.precision is not None and resolve_precision(opts.precision) != _backbone_dtype(model):
+        with backbone_precision(model, opts.precision):
+            return reconstruct(model, images, opts.replace(precision=None), extrinsics=extrinsics,
+                               intrinsics=intrinsics, fps=fps, progress=progress)
     report = progress or (lambda ev: None)
-    check_method(process_res, process_res_method)
-    if ref_view_strategy not in REF_VIEW_STRATEGIES:
-        raise ValueError(f"ref_view_strategy: expected one of {', '.join(REF_VIEW_STRATEGIES)}, got {ref_view_strategy!r}")
+    process_res, process_res_method = opts.process_res, opts.process_res_method
+    ref_view_strategy, use_ray_pose, infer_gs = opts.ref_view_strategy, opts.use_ray_pose, opts.infer_gs
+    align_to_input_ext_scale, seed = opts.align_to_input_ext_scale, opts.seed
     if infer_gs and not model.has_gaussians:
-        raise ValueError(f"infer_gs: {model.preset} has no Gaussian head (use da3-giant or da3nested-giant-large)")
+        raise OptionError(f"infer_gs: {model.preset} has no Gaussian head (use da3-giant or da3nested-giant-large)")
     if use_ray_pose and not model.predicts_cameras:
-        raise ValueError(f"use_ray_pose: {model.preset} predicts no cameras")
+        raise OptionError(f"use_ray_pose: {model.preset} predicts no cameras")
 
     report(ProgressEvent("load", 0, 1, "reading images"))
     loaded: List[LoadedImage] = images if _is_loaded(images) else load_images(images, fps=fps)
@@ -304,22 +324,22 @@ def reconstruct(
     ext_in = k_in = None
     if extrinsics is not None or intrinsics is not None:
         if extrinsics is not None and intrinsics is None:
-            raise ValueError("extrinsics: known poses need intrinsics too (pass both)")
+            raise UserInputError("extrinsics: known poses need intrinsics too (pass both)")
         if intrinsics is not None:
             k_in = np.asarray(intrinsics, np.float64)
             if k_in.shape == (3, 3):
                 k_in = np.tile(k_in, (n, 1, 1))
             if k_in.shape != (n, 3, 3):
-                raise ValueError(f"intrinsics: expected ({n}, 3, 3) for {n} images, got {k_in.shape}")
+                raise UserInputError(f"intrinsics: expected ({n}, 3, 3) for {n} images, got {k_in.shape}")
         if extrinsics is not None:
             ext_in = np.asarray(extrinsics, np.float64)
             if ext_in.shape not in ((n, 3, 4), (n, 4, 4)):
-                raise ValueError(f"extrinsics: expected ({n}, 4, 4) or ({n}, 3, 4) for {n} images, got {ext_in.shape}")
+                raise UserInputError(f"extrinsics: expected ({n}, 4, 4) or ({n}, 3, 4) for {n} images, got {ext_in.shape}")
             if not np.all(np.isfinite(ext_in)) or not np.all(np.isfinite(k_in)):
-                raise ValueError("extrinsics/intrinsics: values must be finite")
+                raise UserInputError("extrinsics/intrinsics: values must be finite")
             ext_in = conv.as_4x4(ext_in)
             if not model.predicts_cameras:
-                raise ValueError(f"extrinsics: {model.preset} cannot be conditioned on poses")
+                raise UserInputError(f"extrinsics: {model.preset} cannot be conditioned on poses")
         else:
             warnings.warn("intrinsics without extrinsics are not used: DA3 conditions on known "
                           "cameras only when both are given", stacklevel=3)
@@ -332,12 +352,12 @@ def reconstruct(
     k_proc = transform_intrinsics(k_in, transforms) if k_in is not None else None
     poses_used = ext_in is not None
 
-    size = max_views_per_pass or default_max_views(model, h, w)
+    size = opts.max_views_per_pass or default_max_views(model, h, w)
     if size < 2 and n > 1:
-        raise ValueError(f"max_views_per_pass: expected at least 2, got {size}")
-    overlap = chunk_overlap if chunk_overlap is not None else max(2, min(8, size // 4))
+        raise OptionError(f"max_views_per_pass: expected at least 2, got {size}")
+    overlap = opts.chunk_overlap if opts.chunk_overlap is not None else max(2, min(8, size // 4))
     if n > size and not 1 <= overlap < size:
-        raise ValueError(f"chunk_overlap: expected 1 .. {size - 1}, got {overlap}")
+        raise OptionError(f"chunk_overlap: expected 1 .. {size - 1}, got {overlap}")
     chunks = chunk_ranges(n, size, overlap)
 
     rng_ctx = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
@@ -395,18 +415,23 @@ def reconstruct(
     if gs_parts:
         gaussians = GaussianSet(*(np.concatenate([getattr(g, f) for g in gs_parts])
                                   for f in ("means", "scales", "rotations", "harmonics", "opacities", "view")))
-    options = dict(process_res=process_res, process_res_method=process_res_method,
-                   ref_view_strategy=ref_view_strategy, use_ray_pose=use_ray_pose, infer_gs=infer_gs,
-                   align_to_input_ext_scale=align_to_input_ext_scale, max_views_per_pass=size,
-                   chunk_overlap=overlap, passes=len(chunks), seed=seed,
-                   image_files=[Path(im.source).name if im.source and Path(im.source).is_file() else "" for im in loaded],
-                   camera_source="input" if poses_used else ("predicted" if model.predicts_cameras else "none"))
+    scene_options = SceneOptions(
+        **{f.name: getattr(opts, f.name) for f in ReconstructOptions.option_fields()},
+        camera_source="input" if poses_used else ("predicted" if model.predicts_cameras else "none"),
+        passes=len(chunks),
+        image_files=tuple(Path(im.source).name if im.source and Path(im.source).is_file() else "" for im in loaded),
+    ).replace(max_views_per_pass=size, chunk_overlap=overlap, precision=precision_name(_backbone_dtype(model)))
     return Reconstruction(
         images=pixels, depth=depth, extrinsics=ext, intrinsics=kk, conf=conf,
         original_sizes=np.array([im.size_hw for im in loaded], np.int64), pixel_transform=transforms,
         image_names=[im.name for im in loaded], sky=sky, gaussians=gaussians, is_metric=is_metric,
-        model=model.source or model.preset, options=options,
+        model=model.source or model.preset, options=scene_options,
     )
+
+
+def _backbone_dtype(model) -> torch.dtype:
+    """The compute dtype the model's backbone runs at now (float32 unless set)."""
+    return getattr(model.net, "backbone_dtype", None) or torch.float32
 
 
 def _is_loaded(images) -> bool:

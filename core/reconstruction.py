@@ -27,10 +27,14 @@ import numpy as np
 try:  # inside the package
     from . import conventions as _conv
     from .points import AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points, resolve_conf_threshold
+    from .errors import UserInputError
+    from .options import SceneOptions
 except ImportError:  # copied as plain modules (the Blender extension)
     import conventions as _conv  # type: ignore[no-redef]
     from points import (AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points,  # type: ignore[no-redef]
                         resolve_conf_threshold)
+    from errors import UserInputError  # type: ignore[no-redef]
+    from options import SceneOptions  # type: ignore[no-redef]
 
 SCHEMA_NAME = "da3-plugins.reconstruction"
 SCHEMA_VERSION = 1
@@ -38,7 +42,7 @@ SCHEMA_VERSION = 1
 PathLike = Union[str, os.PathLike]
 
 
-class SceneFileError(ValueError):
+class SceneFileError(UserInputError):
     """A scene file that cannot be read: wrong schema, newer version, missing or bad arrays."""
 
 
@@ -126,7 +130,9 @@ class Reconstruction:
         gaussians: a :class:`GaussianSet`, or None.
         is_metric: depth and translations are in metres.
         model: the model id or path that produced it ("" for data from elsewhere).
-        options: the options of the run (JSON-serialisable).
+        options: a :class:`~da3_plugins.core.options.SceneOptions`: the reconstruction
+            options of the run, ``camera_source``, ``passes``, ``image_files``; a plain
+            dict (an older scene file, data from elsewhere) is read into one.
     """
 
     images: np.ndarray
@@ -141,7 +147,7 @@ class Reconstruction:
     gaussians: Optional[GaussianSet] = None
     is_metric: bool = False
     model: str = ""
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: SceneOptions = field(default_factory=SceneOptions)
 
     def __post_init__(self) -> None:
         images = np.asarray(self.images)
@@ -183,7 +189,8 @@ class Reconstruction:
             raise ValueError("gaussians: expected a GaussianSet")
         self.is_metric = bool(self.is_metric)
         self.model = str(self.model)
-        self.options = dict(self.options or {})
+        if not isinstance(self.options, SceneOptions):
+            self.options = SceneOptions.from_saved(self.options)
 
     # ------------------------------------------------------------------ sizes and cameras
 
@@ -206,7 +213,7 @@ class Reconstruction:
     def camera_source(self) -> str:
         """Where the cameras come from: "predicted", "input" (given poses) or "none" (a
         monocular model: identity poses and an assumed 60-degree field of view)."""
-        return str(self.options.get("camera_source", "predicted"))
+        return self.options.camera_source
 
     @property
     def camera_to_world(self) -> np.ndarray:
@@ -297,7 +304,7 @@ class Reconstruction:
             "image_names": np.array(self.image_names, dtype=np.str_),
             "is_metric": np.array(self.is_metric),
             "model": np.array(self.model),
-            "options_json": np.array(json.dumps(self.options, sort_keys=True, default=_json_default)),
+            "options_json": np.array(json.dumps(self.options.to_saved(), sort_keys=True, default=_json_default)),
         }
         if self.conf is not None:
             arrays["conf"] = self.conf
@@ -346,7 +353,7 @@ class Reconstruction:
             except (KeyError, ValueError) as exc:
                 raise SceneFileError(f"{path}: bad Gaussians ({exc})") from None
         try:
-            options = json.loads(str(arrays.get("options_json", "{}")))
+            options = SceneOptions.from_saved(json.loads(str(arrays.get("options_json", "{}"))))
             return cls(
                 images=arrays["images"], depth=arrays["depth"], extrinsics=arrays["extrinsics"],
                 intrinsics=arrays["intrinsics"], conf=arrays.get("conf"),

@@ -405,7 +405,7 @@ def test_colmap_folder_handling(rec, tmp_path):
     folder = write_colmap(tmp_path / "sparse", rec, conf_threshold=None, stride=6)
     with pytest.raises(FileExistsError, match="overwrite"):
         write_colmap(folder, rec, conf_threshold=None, stride=6)
-    rec.options["image_files"] = ["IMG_1.JPG", "IMG_2.JPG", "IMG_3.JPG"]
+    rec.options = rec.options.replace(image_files=("IMG_1.JPG", "IMG_2.JPG", "IMG_3.JPG"))
     write_colmap(folder, rec, conf_threshold=None, stride=8, overwrite=True)
     model = pycolmap.Reconstruction(str(folder))
     assert model.image(2).name == "IMG_2.JPG"
@@ -419,7 +419,7 @@ def test_colmap_folder_handling(rec, tmp_path):
         write_colmap(tmp_path / "none", rec, conf_threshold=100.0)
     with pytest.raises(ValueError, match="conf_threshold"):
         write_colmap(tmp_path / "none", rec, conf_threshold="high")
-    rec.options["image_files"] = ["my photo.jpg", "b.jpg", "c.jpg"]
+    rec.options = rec.options.replace(image_files=("my photo.jpg", "b.jpg", "c.jpg"))
     with pytest.raises(ValueError, match="white space"):
         write_colmap(tmp_path / "none", rec, binary=False)
     assert not (tmp_path / "none").exists()
@@ -430,6 +430,7 @@ def test_colmap_folder_handling(rec, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")  # inside nerfstudio's ray code
+@pytest.mark.host
 def test_nerfstudio_dataparser(rec, tmp_path):
     pytest.importorskip("nerfstudio")
     pytest.importorskip("open3d")
@@ -650,7 +651,7 @@ def test_no_writer_modifies_the_reconstruction(rec, tmp_path):
     rec.gaussians = _per_pixel_gaussians(rec)
     rec.sky = np.zeros((3, H, W), bool)
     rec.sky[2, -4:] = True
-    rec.options["image_files"] = ["a.jpg", "b.jpg", "c.jpg"]
+    rec.options = rec.options.replace(image_files=("a.jpg", "b.jpg", "c.jpg"))
     before = _snapshot(rec)
     write_point_ply(tmp_path / "p.ply", rec, conf_threshold="auto", stride=2)
     write_gaussian_ply(tmp_path / "g.ply", rec, prune_border=True, depth_quantile=0.9)

@@ -10,7 +10,7 @@ from torch import nn
 
 from da3_plugins.core import Reconstruction, random_model
 from da3_plugins.core import conventions as conv
-from da3_plugins.core.outputs import NetworkOutput
+from da3_plugins.core.model.outputs import NetworkOutput
 from da3_plugins.core.pipeline import chunk_ranges, normalize_extrinsics, reconstruct, transform_gaussians
 from da3_plugins.core.reconstruction import GaussianSet, SceneFileError
 from helpers import random_cameras
@@ -171,7 +171,7 @@ def test_transform_gaussians_moves_every_part():
     m_old, m_new = _quat_wxyz_to_mat(gs.rotations.astype(np.float64)), _quat_wxyz_to_mat(out.rotations.astype(np.float64))
     np.testing.assert_allclose(m_new, r @ m_old, atol=1e-5)
     # colour seen along a world direction d equals the old colour along R^T d
-    from da3_plugins.core.gaussians import real_sh_basis
+    from da3_plugins.core.model.gaussians import real_sh_basis
 
     d = rng.normal(size=(1, 3))
     d /= np.linalg.norm(d)
@@ -204,7 +204,7 @@ def test_scene_file_round_trip_is_numpy_only(tmp_path):
     back = Reconstruction.load(path)
     for f in ("images", "depth", "conf", "extrinsics", "intrinsics", "original_sizes", "sky", "pixel_transform"):
         np.testing.assert_array_equal(getattr(back, f), getattr(rec, f))
-    assert back.image_names == ["a", "b"] and back.is_metric and back.options == {"x": 1}
+    assert back.image_names == ["a", "b"] and back.is_metric and back.options.extra == {"x": 1}
     np.testing.assert_array_equal(back.gaussians.rotations, gs.rotations)
     # intrinsics at the original size: twice the processed ones
     np.testing.assert_allclose(back.intrinsics_original[0], [[16, 0, 8], [0, 16, 6], [0, 0, 1]])
@@ -262,7 +262,7 @@ def test_points_filters_and_stride():
 def test_gaussians_through_the_pipeline_and_gs_ply(tmp_path):
     plyfile = pytest.importorskip("plyfile")
     from da3_plugins.core import get_preset
-    from da3_plugins.core.config import shrink_backbone
+    from da3_plugins.core.model.config import shrink_backbone
     from da3_plugins.core.export import write_gaussian_ply
 
     cfg = shrink_backbone(get_preset("da3-giant"), 4, [0, 1, 2, 3], alt_start=1)
