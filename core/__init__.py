@@ -24,6 +24,10 @@ _LAZY = {
     "GaussianSet": "reconstruction",
     "PointCloud": "reconstruction",
     "SceneFileError": "reconstruction",
+    "SceneOptions": "options",
+    "ReconstructOptions": "options",
+    "UserInputError": "errors",
+    "OptionError": "errors",
 }
 
 __all__ = sorted(_LAZY)

@@ -12,6 +12,12 @@ Protocol: JSON lines on stdin and stdout, no sockets.  Each request is one objec
     {"id": 3, "cmd": "unload"}                    -> frees the loaded models
     {"id": 4, "cmd": "shutdown"}                  -> exits
 
+A reconstruct request is a :class:`~da3_plugins.runner.RunRequest`: ``options`` holds
+:class:`~da3_plugins.core.options.ReconstructOptions` fields by name (an unknown one is an
+error naming it; ``fps`` there is read too), plus optional ``poses``, ``intrinsics`` (files),
+``conf_threshold`` and ``overwrite``.  It runs through :func:`~da3_plugins.runner.run_reconstruct`,
+exactly as ``da3p reconstruct`` does.
+
 The worker exits by itself after ``--idle-timeout`` seconds without a request (default 900),
 and when its stdin closes (the parent went away).  Anything it prints that is not protocol goes
 to stderr.
