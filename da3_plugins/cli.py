@@ -18,6 +18,7 @@ interrupted run leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from typing import Optional, Sequence
@@ -209,12 +210,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress.close()
         print("da3p: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except Exception as exc:  # an internal error: say so, with the traceback for a report
+    except Exception as exc:  # a bug of ours: one line here, the traceback in a file for the report
         progress.close()
-        progress.event("error", message=f"{type(exc).__name__}: {first_line(exc)}", code=1)
-        traceback.print_exc()
-        print(f"da3p: internal error: {type(exc).__name__}: {first_line(exc)} (please report it)", file=sys.stderr)
+        log = _save_traceback()
+        message = f"{type(exc).__name__}: {first_line(exc)}"
+        progress.event("error", message=message, code=1, traceback=log)
+        print(f"da3p: internal error: {message} (please report it with {log})", file=sys.stderr)
         return 1
+
+
+def _save_traceback() -> str:
+    """Write the current exception's traceback to a temporary file; returns its path."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="da3p-error-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exc(file=fh)
+    return path
 
 
 if __name__ == "__main__":  # pragma: no cover

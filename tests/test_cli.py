@@ -299,3 +299,25 @@ def test_every_export_from_the_command(model_dir, photos, tmp_path, capsys):
     code, _, err = _run(["reconstruct", photos, "-o", tmp_path / "gs", "--model", model_dir, "--export", "gs-ply",
                          "--progress", "none", *RES], capsys)
     assert code == 2 and "--gaussians" in err
+
+
+def test_only_user_input_errors_are_exit_2_and_bugs_are_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    import da3_plugins.commands as commands
+
+    def broken(args, progress):
+        raise KeyError("a bug of ours")
+
+    monkeypatch.setattr(commands, "cmd_export", broken)
+    assert main(["export", str(tmp_path / "s.npz"), "-o", str(tmp_path / "o"), "--progress", "none"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("da3p: internal error: KeyError: 'a bug of ours'"), err
+    log = err[0].rsplit("with ", 1)[1].rstrip(")")
+    assert "Traceback" in Path(log).read_text() and "broken" in Path(log).read_text()
+    Path(log).unlink()
+
+    def plain_value_error(args, progress):  # a ValueError is not "bad input" unless it is a UserInputError
+        raise ValueError("internal shape mismatch")
+
+    monkeypatch.setattr(commands, "cmd_export", plain_value_error)
+    assert main(["export", str(tmp_path / "s.npz"), "-o", str(tmp_path / "o"), "--progress", "none"]) == 1
+    Path(capsys.readouterr().err.rsplit("with ", 1)[1].strip().rstrip(")")).unlink()
