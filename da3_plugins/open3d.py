@@ -21,6 +21,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from .core import conventions as conv
+from .core.errors import OptionError
 from .core.points import resolve_conf_threshold
 from .core.reconstruction import Reconstruction
 
@@ -209,12 +210,15 @@ def fuse_tsdf(rec: Reconstruction, *, voxel_size: Optional[float] = None, sdf_tr
 
 
 def reconstruct(images, *, model, output: str = "points", conf_threshold: Union[None, float, str] = "auto",
-                voxel_size: Optional[float] = None, **options):
+                voxel_size: Optional[float] = None, options=None, **option_values):
     """Photos -> ``(geometry, rec)``: ``output="points"`` gives a PointCloud, ``"mesh"`` a
-    TSDF-fused TriangleMesh.  ``options`` go to ``model.reconstruct``."""
+    TSDF-fused TriangleMesh.  ``options`` (a :class:`~da3_plugins.core.options.ReconstructOptions`)
+    and keywords named like its fields go to ``model.reconstruct``."""
     if output not in ("points", "mesh"):
-        raise ValueError(f"output: expected 'points' or 'mesh', got {output!r}")
-    rec = model.reconstruct(images, **options)
+        raise OptionError(f"output: expected 'points' or 'mesh', got {output!r}")
+    if options is not None:
+        option_values["options"] = options
+    rec = model.reconstruct(images, **option_values)
     if output == "points":
         return to_point_cloud(rec, conf_threshold=conf_threshold, voxel_size=voxel_size), rec
     return fuse_tsdf(rec, conf_threshold=conf_threshold, voxel_size=voxel_size), rec
