@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.host
 pytest.importorskip("bpy")
 
 from da3_plugins.blender_build import build_extension  # noqa: E402

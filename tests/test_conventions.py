@@ -74,6 +74,7 @@ def test_rescale_and_integer_centres():
     assert u[0].tolist() == [0.5, 1.5, 2.5] and v[:, 0].tolist() == [0.5, 1.5]
 
 
+@pytest.mark.host
 def test_nerfstudio_cameras_project_like_opencv():
     torch = pytest.importorskip("torch")
     cameras_mod = pytest.importorskip("nerfstudio.cameras.cameras")
@@ -92,6 +93,7 @@ def test_nerfstudio_cameras_project_like_opencv():
         np.testing.assert_allclose(uv[0], [20.5, 10.5], atol=1e-3)
 
 
+@pytest.mark.host
 def test_blender_camera_reproduces_opencv_projection():
     pytest.importorskip("bpy")
     import bpy

@@ -57,6 +57,7 @@ def embedded_table():
     return table
 
 
+@pytest.mark.slow
 def test_embedded_model_beats_the_trivial_baselines_on_another_pool(embedded_table):
     """8 scenes of a pool neither training (seed 0) nor the packed table (seed 1000) used: depth,
     points and pose AUC@30 beat both baselines.  AUC@3 is not asserted here: on these 48 view
@@ -69,6 +70,7 @@ def test_embedded_model_beats_the_trivial_baselines_on_another_pool(embedded_tab
     assert set(embedded_table.rows["embedded"].as_dict()) >= set(METRICS)
 
 
+@pytest.mark.slow
 def test_cli_eval(tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", "embedded", "--scenes", "2", "--views", "3", "--json", str(out),

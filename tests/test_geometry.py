@@ -17,8 +17,8 @@ from da3_plugins.core.synthetic import make_scene
 
 
 @pytest.fixture(scope="module")
-def scene():
-    return make_scene("room", num_views=5, height=84, width=112, seed=3)
+def scene(room_scene):
+    return room_scene
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +230,7 @@ def test_pose_auc_identity_and_invariance(scene):
         geo.pose_auc(scene.extrinsics[:1], scene.extrinsics[:1])
 
 
+@pytest.mark.oracle
 def test_pose_metrics_match_the_official_benchmark(official, scene):
     rng = np.random.default_rng(3)
     gt = conv.as_4x4(make_scene("objects", num_views=12, height=14, width=14, seed=1).extrinsics)
@@ -346,6 +347,7 @@ def test_chamfer_and_fscore_against_scipy(scene):
         geo.chamfer_and_fscore(pred[:, :2], gt, threshold=0.1)
 
 
+@pytest.mark.oracle
 def test_chamfer_matches_the_official_evaluation(official, scene):
     rng = np.random.default_rng(5)
     gt = scene.sample_surface(6000, seed=0)
@@ -357,6 +359,7 @@ def test_chamfer_matches_the_official_evaluation(official, scene):
             assert ours[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (down, key)
 
 
+@pytest.mark.host
 def test_voxel_down_sample_matches_open3d():
     o3d = pytest.importorskip("open3d")
     rng = np.random.default_rng(1)

@@ -46,6 +46,7 @@ def _official_meta(preset: str):
 
 
 @pytest.mark.parametrize("preset", sorted(EXPECTED))
+@pytest.mark.oracle
 def test_state_dict_keys_equal_official(preset):
     ours = {k: tuple(v.shape) for k, v in build_empty(PRESETS[preset]).state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in _official_meta(preset).state_dict().items()}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.host
 pytest.importorskip("nerfstudio")
 
 from da3_plugins.core import conventions as conv  # noqa: E402

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.host
 pytest.importorskip("nerfstudio")
 
 from da3_plugins.core.export import read_gaussian_ply  # noqa: E402

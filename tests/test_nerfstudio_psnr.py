@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.host
 pytest.importorskip("nerfstudio")
 
 from nerfstudio.cameras.cameras import Cameras, CameraType  # noqa: E402

@@ -17,6 +17,8 @@ from da3_plugins.core.model.config import shrink_backbone
 from helpers import assert_close, random_cameras, random_images
 from oracle import official_network, run_official, save_hub_folder
 
+pytestmark = pytest.mark.oracle
+
 # Reduced depths (same widths) for the large presets, chosen to keep the official
 # structure: an output layer before alt_start, a local one and cross-view ones.
 SHRINK = {

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.host
 o3d = pytest.importorskip("open3d")
 
 from da3_plugins import open3d as da3o3d  # noqa: E402

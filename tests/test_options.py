@@ -183,6 +183,7 @@ def test_reconstruct_takes_options_and_keywords():
     assert np.abs(bf.depth - fp.depth).max() > 0  # it did run at another precision
 
 
+@pytest.mark.host
 def test_nerfstudio_dataparser_config_is_derived_from_the_options():
     pytest.importorskip("nerfstudio")
     from da3_plugins.nerfstudio.dataparser import OPTION_FIELDS, DA3DataParser, DA3DataParserConfig

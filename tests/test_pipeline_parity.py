@@ -18,6 +18,8 @@ from da3_plugins.core import load_model
 from helpers import random_cameras
 from oracle import official_network, save_hub_folder
 
+pytestmark = pytest.mark.oracle
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):

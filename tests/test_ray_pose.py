@@ -87,6 +87,7 @@ def run_both(ray, conf, image_size, seed=123):
     "b,s,h,w,outliers",
     [(1, 2, 32, 48, 0.1), (1, 3, 32, 48, 0.1), (2, 3, 24, 40, (0.05, 0.3, 0.5))],
 )
+@pytest.mark.oracle
 def test_parity_with_official(b, s, h, w, outliers):
     image_size = (14 * h // 8, 14 * w // 8)
     ext, k = random_cameras(b, s, *image_size, seed=h + s)
@@ -98,6 +99,7 @@ def test_parity_with_official(b, s, h, w, outliers):
     assert same_rng, "the global RNG was consumed differently from the official solver"
 
 
+@pytest.mark.oracle
 def test_parity_with_degenerate_directions():
     """Cells whose direction has |z| <= 1e-4 get weight 0, also for the centre average."""
     b, s, h, w = 1, 2, 32, 48
@@ -134,6 +136,7 @@ def _patched_svd(monkeypatch):
     monkeypatch.setattr(official.torch.linalg, "svd", svd)
 
 
+@pytest.mark.oracle
 def test_parity_refit_subsampling(monkeypatch):
     """>8000 inliers: the refit draws an extra randperm for that view only (view 1 here)."""
     b, s, h, w = 1, 2, 96, 96

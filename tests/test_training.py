@@ -72,6 +72,7 @@ def test_targets_are_normalised_in_the_first_view_frame():
     assert torch.allclose(t.depth[0] * t.scale[0], torch.from_numpy(s.depth), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
     data = SyntheticData(SMALL)
     batch = data.batch(np.random.default_rng(0), 2)
