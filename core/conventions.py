@@ -127,11 +127,6 @@ def points_to_blender(points: np.ndarray) -> np.ndarray:
     return p @ CV_WORLD_TO_BLENDER_WORLD[:3, :3].T.astype(p.dtype if p.dtype.kind == "f" else np.float64)
 
 
-# the earlier names of :func:`quaternions.matrix_to_quat_wxyz` / :func:`quaternions.quat_wxyz_to_matrix`
-rotation_to_quaternion = _quat.matrix_to_quat_wxyz
-quaternion_to_rotation = _quat.quat_wxyz_to_matrix
-
-
 def orientations_to_blender(q: np.ndarray) -> np.ndarray:
     """Orientations of objects in the DA3 world (w, x, y, z) -> the same in Blender's world."""
     return _quat.matrix_to_quat_wxyz(CV_WORLD_TO_BLENDER_WORLD[:3, :3] @ _quat.quat_wxyz_to_matrix(q))

@@ -127,7 +127,7 @@ def evaluate(model, scenes, *, baselines: bool = True, random_baseline: bool = T
              progress: Optional[Callable[[int, int], None]] = None, name: Optional[str] = None) -> EvalTable:
     """Score ``model`` (a :class:`~da3_plugins.core.model.DA3Model`) on ``scenes`` (objects with
     images, depth, extrinsics and intrinsics), plus the baselines."""
-    from .model import random_model
+    from .model.da3model import random_model
 
     methods: Dict[str, Callable] = {name or model.preset: lambda s: predict(model, s.images)}
     if random_baseline and model.predicts_cameras:

@@ -70,7 +70,7 @@ def project(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Tensor, k: Te
 
 def sh_colors(harmonics: Tensor, means: Tensor, camera_center: Tensor) -> Tensor:
     """(G, 3, K) colour-major SH -> (G, 3) RGB seen from ``camera_center`` (+0.5, clamped at 0)."""
-    from .gaussians import real_sh_basis
+    from .model.gaussians import real_sh_basis
 
     degree = int(round(math.sqrt(harmonics.shape[-1]))) - 1
     dirs = means - camera_center

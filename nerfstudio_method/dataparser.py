@@ -34,6 +34,7 @@ from nerfstudio.data.utils.dataparsers_utils import get_train_eval_split_fractio
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
 from da3_plugins.core import conventions as conv
+from da3_plugins.core.model_source import DEFAULT_MODEL
 from da3_plugins.core.options import ReconstructOptions
 from da3_plugins.core.reconstruction import Reconstruction
 from da3_plugins.core.seeds import dedupe_views, seed_scales
@@ -53,7 +54,7 @@ class DA3DataParserConfig(DataParserConfig):
     _target: Type = field(default_factory=lambda: DA3DataParser)
     data: Path = Path()
     """A folder of images, a video, or a DA3 scene file (.npz)."""
-    model: str = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
+    model: str = DEFAULT_MODEL
     """DA3 model: a folder with config.json + model.safetensors, a .safetensors file, or a hub id."""
     device: str = "auto"
     """Where DA3 runs (auto, cpu, cuda, mps)."""

@@ -10,10 +10,10 @@ import warnings
 import pytest
 import torch
 
-from da3_plugins.core.config import GaussianConfig
-from da3_plugins.core.gaussians import GaussianAdapter, real_sh_basis, rotate_sh, sh_rotation_matrices
-from da3_plugins.core.rotation import quat_xyzw_to_matrix
-from da3_plugins.core.sim3 import umeyama_sim3
+from da3_plugins.core.model.config import GaussianConfig
+from da3_plugins.core.model.gaussians import GaussianAdapter, real_sh_basis, rotate_sh, sh_rotation_matrices
+from da3_plugins.core.model.rotation import quat_xyzw_to_matrix
+from da3_plugins.core.model.sim3 import umeyama_sim3
 from helpers import assert_close, random_cameras, random_rotations
 
 
@@ -74,6 +74,7 @@ GT_CASES = ["none", "equal", "sim3_x2", "sim3_x5_clamped", "random", "degenerate
 
 @pytest.mark.parametrize("b,s", [(1, 2), (2, 2), (1, 3), (2, 3)])
 @pytest.mark.parametrize("gt_case", GT_CASES)
+@pytest.mark.oracle
 def test_adapter_matches_official(b, s, gt_case):
     official, map_pdf_to_opacity = _official_adapter()
     h, w = 28, 42
@@ -132,6 +133,7 @@ def test_adapter_has_no_parameters_or_state():
 
 
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
+@pytest.mark.oracle
 def test_rotate_sh_matches_official(degree):
     pytest.importorskip("e3nn")
     with warnings.catch_warnings():
@@ -200,7 +202,7 @@ def test_rotate_sh_near_identity_is_accurate():
 def test_importing_gaussians_does_not_import_e3nn_or_evo():
     code = (
         "import sys\n"
-        "import da3_plugins.core.gaussians, da3_plugins.core.sim3\n"
+        "import da3_plugins.core.model.gaussians, da3_plugins.core.model.sim3\n"
         "bad = [m for m in ('e3nn', 'evo', 'depth_anything_3') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from .. import conventions as conv
+from ..quaternions import matrix_to_quat_wxyz, quat_wxyz_to_matrix
 from ..reconstruction import Reconstruction, atomic_path
 
 PathLike = Union[str, os.PathLike]
@@ -33,14 +34,14 @@ def camera_path(w2c: np.ndarray, frames: int) -> np.ndarray:
     c2w = conv.w2c_to_c2w(w2c)
     if len(c2w) == 1:
         return np.repeat(np.asarray(w2c)[:1, :3], frames, 0)
-    quats = conv.rotation_to_quaternion(c2w[:, :3, :3])
+    quats = matrix_to_quat_wxyz(c2w[:, :3, :3])
     out = []
     for f in range(frames):
         s = f / max(1, frames - 1) * (len(c2w) - 1)
         i = min(int(s), len(c2w) - 2)
         t = 0.5 - 0.5 * np.cos(np.pi * (s - i))
         pose = np.eye(4)
-        pose[:3, :3] = conv.quaternion_to_rotation(_slerp(quats[i], quats[i + 1], t))
+        pose[:3, :3] = quat_wxyz_to_matrix(_slerp(quats[i], quats[i + 1], t))
         pose[:3, 3] = (1 - t) * c2w[i, :3, 3] + t * c2w[i + 1, :3, 3]
         out.append(conv.c2w_to_w2c(pose))
     return np.stack(out)
