@@ -1,5 +1,6 @@
 # Two commands matter: `make demo` (creates .venv when missing, then reconstructs the bundled
-# example with the embedded model) and `make test` (creates .venv when missing, then pytest).
+# example with the embedded model) and `make test` (creates .venv when missing, then pytest;
+# `make test-fast` is the quick inner-loop subset).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,7 @@ CORE_STAMP := $(VENV)/.core-stamp
 # the embedded model's second training stage (see embedded-model)
 EMBEDDED_STAGE2 := --steps 5000 --views 2-4 --view-gap 3 --correspondence 1
 
-.PHONY: venv test demo embedded-model bench blender-addon clean-venv
+.PHONY: venv test test-fast demo embedded-model bench blender-addon clean-venv
 
 venv: $(STAMP)
 
@@ -23,6 +24,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the inner loop (about 3 minutes on 2 cores): no oracle comparisons, no host tools (Blender,
+# nerfstudio, Open3D), no slow runs; stops at the first failure
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -x -m "not oracle and not host and not slow"
 
 # the demo needs only the core: a lean install when no environment exists yet
 $(CORE_STAMP):

@@ -12,6 +12,7 @@ from da3_plugins.cli import main
 from da3_plugins.core.reconstruction import Reconstruction
 
 
+@pytest.mark.slow  # the whole demo with the embedded model (make demo checks it too)
 def test_demo_writes_every_output(tmp_path, capsys):
     out = tmp_path / "demo"
     start = time.time()

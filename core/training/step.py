@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import conventions as conv
 from .. import losses as L
 from ..geometry import cameras_to_ray_map
-from ..model.camera import encode_pose
+from ..model.camera import encode_pose, invert_rigid
 from ..model.config import PATCH_SIZE
 from ..points import depth_to_points
 from ..preprocess import normalize
@@ -52,15 +53,13 @@ def prepare_targets(batch: Batch) -> Targets:
     """Ground truth in the first view's frame, scaled so that the mean distance of the valid
     points from the first camera is 1 (the paper's normalisation)."""
     b, n, h, w = batch.depth.shape
-    ext = np.zeros((b, n, 4, 4))
-    ext[..., :3, :] = batch.extrinsics
-    ext[..., 3, 3] = 1
-    rel = ext @ np.linalg.inv(ext[:, :1])  # world = view 0's camera
+    ext = conv.as_4x4(batch.extrinsics)
+    rel = ext @ conv.invert_rigid(ext[:, :1])  # world = view 0's camera
     k = batch.intrinsics.astype(np.float64)
     depth = torch.from_numpy(batch.depth.astype(np.float32))
     mask = depth > 0
     points = torch.from_numpy(depth_to_points(batch.depth, k, rel))  # in view 0's frame, float32
-    c2w = np.linalg.inv(rel)
+    c2w = conv.invert_rigid(rel)
     ph, pw = h // PATCH_SIZE, w // PATCH_SIZE
     rays = np.stack([cameras_to_ray_map(rel[i, :, :3], k[i], (h, w), (8 * ph, 8 * pw)) for i in range(b)])
     trans = torch.from_numpy(c2w[..., :3, 3].astype(np.float32))
@@ -74,7 +73,7 @@ def prepare_targets(batch: Batch) -> Targets:
     images = normalize(batch.images.reshape(b * n, h, w, 3)).unflatten(0, (b, n))
     return Targets(images=images, depth=depth, mask=mask, points=points, rays=rays,
                    ray_mask=torch.ones(rays.shape[:-1], dtype=torch.bool), pose=pose,
-                   w2c=torch.linalg.inv(c2w_t), intrinsics=kt, scale=scale)
+                   w2c=invert_rigid(c2w_t), intrinsics=kt, scale=scale)
 
 
 # ----------------------------------------------------------------------------- forward and loss
