@@ -206,8 +206,9 @@ def load_model_for(source: Optional[str], *, device: str = "auto", precision: Op
         model = load_model(name, device=device, dtype=precision)
     except (UserInputError, FileNotFoundError, ImportError) as exc:
         hint = ""
-        if source is None and isinstance(exc, HubError):  # its line already says how to get it
-            hint = f" (no {flag} given, so the official default was tried)"
+        if isinstance(exc, HubError):  # its line says how to get the model; name this front end's flag
+            tried = f"no {flag} given, so the official default was tried; " if source is None else ""
+            hint = f" ({tried}then {flag} DA3_DIR, or {flag} embedded)"
         elif source is None:
             hint = (f" (no {flag} given, so the official {DEFAULT_MODEL} was tried. Download it on a machine "
                     f"with access: huggingface-cli download {DEFAULT_MODEL} --local-dir DA3_DIR, then pass "
