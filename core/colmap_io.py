@@ -38,6 +38,8 @@ from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
+from .errors import DatasetError
+
 PathLike = Union[str, os.PathLike]
 
 #: COLMAP camera models: id -> (name, number of parameters), as in COLMAP's ``models.h``
@@ -100,7 +102,7 @@ class ColmapCamera:
             ValueError: any other camera model (fisheye, ...).
         """
         if self.model not in _PINHOLE_LIKE:
-            raise ValueError(f"{self.source or 'cameras'}: camera {self.id} has model {self.model}, which is not "
+            raise DatasetError(f"{self.source or 'cameras'}: camera {self.id} has model {self.model}, which is not "
                              f"supported (use {', '.join(_PINHOLE_LIKE)}; undistort with colmap image_undistorter)")
         ifx, ify, icx, icy, idist = _PINHOLE_LIKE[self.model]
         p = np.asarray(self.params, np.float64)
@@ -193,7 +195,7 @@ def read_colmap_model(folder: PathLike) -> ColmapModel:
         any_bin = any((folder / f"{n}.bin").exists() for n in _NAMES)
         want = "bin" if any_bin else "txt"
         missing = next(folder / f"{n}.{want}" for n in _NAMES if not (folder / f"{n}.{want}").is_file())
-        raise ValueError(f"{missing}: missing (a COLMAP model needs cameras, images and points3D, "
+        raise DatasetError(f"{missing}: missing (a COLMAP model needs cameras, images and points3D, "
                          f"all .bin or all .txt)")
     files = {n: folder / f"{n}.{ext}" for n in _NAMES}
     if ext == "bin":
@@ -208,10 +210,10 @@ def read_colmap_model(folder: PathLike) -> ColmapModel:
         cam.source = str(files["cameras"])
     for img in images.values():
         if img.camera_id not in cameras:
-            raise ValueError(f"{files['images']}: image {img.id} ({img.name}) uses camera {img.camera_id}, "
+            raise DatasetError(f"{files['images']}: image {img.id} ({img.name}) uses camera {img.camera_id}, "
                              f"which {files['cameras'].name} does not have")
     if len(np.unique(ids)) != len(ids):
-        raise ValueError(f"{files['points3D']}: repeated 3-D point ids")
+        raise DatasetError(f"{files['points3D']}: repeated 3-D point ids")
     return ColmapModel(cameras=cameras, images=images, points=xyz, point_ids=ids, colors=rgb, path=str(folder))
 
 
@@ -223,14 +225,14 @@ def _guard(path: Path, parse):
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+        raise DatasetError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
         return parse(data)
     except _Malformed as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise DatasetError(f"{path}: {e}") from None
     except (struct.error, UnicodeDecodeError, IndexError, ValueError, OverflowError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path}: malformed ({msg})") from None
+        raise DatasetError(f"{path}: malformed ({msg})") from None
 
 
 # ------------------------------------------------------------------------------ shared checks

@@ -22,7 +22,7 @@ pixels of the image it belongs to with pixel (col i, row j) centred at (i + 0.5,
 COLMAP's convention too, so nothing is shifted.  Depth is z-depth; 0 means unknown.
 
 Every view of a scene is brought to the first view's size (image resampled bicubic, depth
-nearest, K scaled exactly).  Every problem with the input raises ``ValueError`` with one
+nearest, K scaled exactly).  Every problem with the input raises :class:`~.errors.DatasetError` (a ``ValueError``) with one
 line naming the file at fault.
 """
 
@@ -40,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import conventions as conv
 from .colmap_io import ColmapModel, model_format, read_colmap_model
+from .errors import DatasetError
 from .export.depth_images import depth_to_uint16, uint16_to_depth
 from .points import resolve_conf_threshold
 from .reconstruction import atomic_folder
@@ -77,20 +78,20 @@ class TrainingSample:
         """Check shapes, dtypes and values; returns self.  Raises ValueError naming the field."""
         im = np.asarray(self.images)
         if im.ndim != 4 or im.shape[-1] != 3 or im.shape[0] < 1:
-            raise ValueError(f"images: expected (N, H, W, 3) with N >= 1, got shape {im.shape}")
+            raise DatasetError(f"images: expected (N, H, W, 3) with N >= 1, got shape {im.shape}")
         if im.dtype != np.uint8:
-            raise ValueError(f"images: expected uint8, got {im.dtype}")
+            raise DatasetError(f"images: expected uint8, got {im.dtype}")
         n, h, w = im.shape[:3]
         checks = (("depth", self.depth, (n, h, w)), ("extrinsics", self.extrinsics, (n, 3, 4)),
                   ("intrinsics", self.intrinsics, (n, 3, 3)))
         for field_name, arr, shape in checks:
             arr = np.asarray(arr)
             if arr.shape != shape:
-                raise ValueError(f"{field_name}: expected shape {shape}, got {arr.shape}")
+                raise DatasetError(f"{field_name}: expected shape {shape}, got {arr.shape}")
             if arr.dtype.kind not in "fiu" or not np.all(np.isfinite(arr)):
-                raise ValueError(f"{field_name}: expected finite real numbers")
+                raise DatasetError(f"{field_name}: expected finite real numbers")
         if np.any(np.asarray(self.depth) < 0):
-            raise ValueError("depth: negative values (use 0 for unknown)")
+            raise DatasetError("depth: negative values (use 0 for unknown)")
         return self
 
 
@@ -121,7 +122,7 @@ def find_scene_folders(root: PathLike) -> List[Path]:
     links to folders are followed (a folder reached twice counts once)."""
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"{root}: not a folder")
+        raise DatasetError(f"{root}: not a folder")
     found: List[Path] = []
     seen = set()  # real paths: symbolic links are followed, each folder searched once
     for dirpath, dirnames, _ in os.walk(root, followlinks=True):
@@ -160,7 +161,7 @@ class FolderDataset:
         self.max_views = max_views
         self.folders = find_scene_folders(self.root)
         if not self.folders:
-            raise ValueError(f"{self.root}: no scene folder found (a scene has cameras.json, or images/ and "
+            raise DatasetError(f"{self.root}: no scene folder found (a scene has cameras.json, or images/ and "
                              "sparse/0/ or sparse/ with a COLMAP model)")
         root_name = self.root.resolve().name
         self.names: List[str] = [f.relative_to(self.root).as_posix() if f != self.root else root_name
@@ -216,7 +217,7 @@ def load_scene_folder(path: PathLike, max_views: Optional[int] = None) -> Traini
     path = Path(path)
     _check_max_views(max_views)
     if not path.is_dir():
-        raise ValueError(f"{path}: not a folder")
+        raise DatasetError(f"{path}: not a folder")
     cfg = _read_cameras_json(path)
     if cfg is not None and "frames" in cfg:
         views = _simple_views(path, cfg, max_views)
@@ -224,8 +225,8 @@ def load_scene_folder(path: PathLike, max_views: Optional[int] = None) -> Traini
         sparse = sparse_model_folder(path)
         if sparse is None:
             if cfg is not None:
-                raise ValueError(f"{path / 'cameras.json'}: no 'frames' list (and no COLMAP model in sparse/)")
-            raise ValueError(f"{path}: not a scene folder (expected cameras.json, or images/ and a COLMAP model in "
+                raise DatasetError(f"{path / 'cameras.json'}: no 'frames' list (and no COLMAP model in sparse/)")
+            raise DatasetError(f"{path}: not a scene folder (expected cameras.json, or images/ and a COLMAP model in "
                              "sparse/0/ or sparse/)")
         views = _colmap_views(path, read_colmap_model(sparse), max_views)
     unit_cache: Dict[Path, float] = {}
@@ -245,7 +246,7 @@ def load_scene_folder(path: PathLike, max_views: Optional[int] = None) -> Traini
         if view.k_size is not None and view.k_size != (h, w):
             kh, kw = view.k_size
             if abs((w / h) / (kw / kh) - 1) > 1e-2:
-                raise ValueError(f"{view.image}: the image is {w} x {h} but its COLMAP camera is {kw} x {kh} "
+                raise DatasetError(f"{view.image}: the image is {w} x {h} but its COLMAP camera is {kw} x {kh} "
                                  "(a different aspect ratio)")
             k = conv.rescale_intrinsics(k, (kh, kw), (h, w))
             if xys is not None:
@@ -256,7 +257,7 @@ def load_scene_folder(path: PathLike, max_views: Optional[int] = None) -> Traini
         if view.depth is not None:
             d = _read_depth(view.depth, png_unit)
             if d.shape != (h, w):
-                raise ValueError(f"{view.depth}: depth is {d.shape[1]} x {d.shape[0]} but its image "
+                raise DatasetError(f"{view.depth}: depth is {d.shape[1]} x {d.shape[0]} but its image "
                                  f"{view.image.name} is {w} x {h}")
             if (h, w) != size:
                 d = np.asarray(Image.fromarray(d).resize((tw, th), Image.NEAREST), np.float32)
@@ -279,7 +280,7 @@ def load_scene_folder(path: PathLike, max_views: Optional[int] = None) -> Traini
 def _check_max_views(max_views) -> None:
     if max_views is not None and (isinstance(max_views, bool) or not isinstance(max_views, (int, np.integer))
                                   or max_views < 1):
-        raise ValueError(f"max_views: expected None or an integer >= 1, got {max_views!r}")
+        raise DatasetError(f"max_views: expected None or an integer >= 1, got {max_views!r}")
 
 
 def _read_cameras_json(scene: Path) -> Optional[Dict[str, Any]]:
@@ -289,9 +290,9 @@ def _read_cameras_json(scene: Path) -> Optional[Dict[str, Any]]:
     try:
         cfg = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{f}: not valid JSON ({_first_line(e)})") from None
+        raise DatasetError(f"{f}: not valid JSON ({_first_line(e)})") from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"{f}: expected a JSON object with a 'frames' list")
+        raise DatasetError(f"{f}: expected a JSON object with a 'frames' list")
     return cfg
 
 
@@ -299,12 +300,12 @@ def _matrix(value, shapes: Sequence[Tuple[int, int]], where: str) -> np.ndarray:
     try:
         m = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: expected a matrix of numbers") from None
+        raise DatasetError(f"{where}: expected a matrix of numbers") from None
     if m.shape not in shapes:
         want = " or ".join(f"{a}x{b}" for a, b in shapes)
-        raise ValueError(f"{where}: expected {want}, got shape {m.shape}")
+        raise DatasetError(f"{where}: expected {want}, got shape {m.shape}")
     if not np.all(np.isfinite(m)):
-        raise ValueError(f"{where}: non-finite values")
+        raise DatasetError(f"{where}: non-finite values")
     return m
 
 
@@ -312,29 +313,29 @@ def _simple_views(scene: Path, cfg: Dict[str, Any], max_views: Optional[int]) ->
     src = scene / "cameras.json"
     frames = cfg["frames"]
     if not isinstance(frames, list) or not frames:
-        raise ValueError(f"{src}: 'frames' must be a non-empty list")
+        raise DatasetError(f"{src}: 'frames' must be a non-empty list")
     views: List[_View] = []
     for i, fr in enumerate(frames[:max_views]):
         where = f"{src}: frames[{i}]"
         if not isinstance(fr, dict):
-            raise ValueError(f"{where}: expected an object with 'image', 'K' and 'w2c'")
+            raise DatasetError(f"{where}: expected an object with 'image', 'K' and 'w2c'")
         for key in ("image", "K", "w2c"):
             if key not in fr:
-                raise ValueError(f"{where}: missing '{key}'")
+                raise DatasetError(f"{where}: missing '{key}'")
         if not isinstance(fr["image"], str) or not fr["image"]:
-            raise ValueError(f"{where}.image: expected a path relative to the scene folder")
+            raise DatasetError(f"{where}.image: expected a path relative to the scene folder")
         k = _matrix(fr["K"], [(3, 3)], f"{where}.K")
         if not (k[0, 0] > 0 and k[1, 1] > 0 and np.allclose(k[2], [0, 0, 1])):
-            raise ValueError(f"{where}.K: expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0")
+            raise DatasetError(f"{where}.K: expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0")
         w2c = _matrix(fr["w2c"], [(3, 4), (4, 4)], f"{where}.w2c")
         if w2c.shape == (4, 4) and not np.allclose(w2c[3], [0, 0, 0, 1]):
-            raise ValueError(f"{where}.w2c: the last row of a 4x4 must be [0, 0, 0, 1]")
+            raise DatasetError(f"{where}.w2c: the last row of a 4x4 must be [0, 0, 0, 1]")
         r = w2c[:3, :3]
         if np.abs(r @ r.T - np.eye(3)).max() > _ROTATION_TOL or abs(np.linalg.det(r) - 1) > _ROTATION_TOL:
-            raise ValueError(f"{where}.w2c: the 3x3 part is not a rotation (world-to-camera [R | t] expected)")
+            raise DatasetError(f"{where}.w2c: the 3x3 part is not a rotation (world-to-camera [R | t] expected)")
         depth = fr.get("depth")
         if depth is not None and (not isinstance(depth, str) or not depth):
-            raise ValueError(f"{where}.depth: expected a path relative to the scene folder, or null")
+            raise DatasetError(f"{where}.depth: expected a path relative to the scene folder, or null")
         views.append(_View(image=scene / fr["image"], k=k, w2c=w2c[:3],
                            depth=None if depth is None else scene / depth))
     return views
@@ -343,7 +344,7 @@ def _simple_views(scene: Path, cfg: Dict[str, Any], max_views: Optional[int]) ->
 def _colmap_views(scene: Path, model: ColmapModel, max_views: Optional[int]) -> List[_View]:
     images = sorted(model.images.values(), key=lambda im: im.name)
     if not images:
-        raise ValueError(f"{model.path}: the COLMAP model has no image")
+        raise DatasetError(f"{model.path}: the COLMAP model has no image")
     images = images[:max_views]
     depth_dir = scene / "depth"
     k_cache: Dict[int, np.ndarray] = {}
@@ -360,7 +361,7 @@ def _colmap_views(scene: Path, model: ColmapModel, max_views: Optional[int]) -> 
             cands = [depth_dir / f"{stem}{ext}" for ext in (".npy", ".png")]
             found = [c for c in cands if c.is_file()]
             if not found:
-                raise ValueError(f"{cands[0]}: missing (depth/ exists, so every image needs "
+                raise DatasetError(f"{cands[0]}: missing (depth/ exists, so every image needs "
                                  f"depth/<image stem>.npy or .png)")
             view.depth = found[0]
         else:
@@ -395,16 +396,16 @@ def _read_image(f: Path) -> np.ndarray:
     """(H, W, 3) uint8 as stored.  Not ``images.load_image_file``: that one turns photos upright
     by their EXIF tag, which would no longer match the K and poses given for the stored pixels."""
     if not f.is_file():
-        raise ValueError(f"{f}: image missing")
+        raise DatasetError(f"{f}: image missing")
     if f.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{f}: not a PNG or JPEG file")
+        raise DatasetError(f"{f}: not a PNG or JPEG file")
     try:
         with Image.open(f) as im:
             im.load()
             rgb = im.convert("RGB") if im.mode != "RGB" else im
             return np.array(rgb, np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{f}: cannot be read as an image ({_first_line(e)})") from None
+        raise DatasetError(f"{f}: cannot be read as an image ({_first_line(e)})") from None
 
 
 def _png_unit(scene: Path, cfg: Optional[Dict[str, Any]], depth_file: Path) -> float:
@@ -420,34 +421,34 @@ def _png_unit(scene: Path, cfg: Optional[Dict[str, Any]], depth_file: Path) -> f
                 try:
                     data = json.loads(f.read_text(encoding="utf-8"))
                 except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                    raise ValueError(f"{f}: not valid JSON ({_first_line(e)})") from None
+                    raise DatasetError(f"{f}: not valid JSON ({_first_line(e)})") from None
                 if not isinstance(data, dict) or "unit" not in data:
-                    raise ValueError(f"{f}: expected {{\"unit\": <depth per PNG step>}}")
+                    raise DatasetError(f"{f}: expected {{\"unit\": <depth per PNG step>}}")
                 cands.append((f, data["unit"]))
                 break
     if not cands:
-        raise ValueError(f"{depth_file}: a 16-bit depth PNG needs a unit: 'depth_unit' in cameras.json or "
+        raise DatasetError(f"{depth_file}: a 16-bit depth PNG needs a unit: 'depth_unit' in cameras.json or "
                          "depth_units.json {\"unit\": ...}")
     src, unit = cands[0]
     if isinstance(unit, bool) or not isinstance(unit, (int, float)) or not math.isfinite(unit) or unit <= 0:
-        raise ValueError(f"{src}: the depth unit must be a positive number, got {unit!r}")
+        raise DatasetError(f"{src}: the depth unit must be a positive number, got {unit!r}")
     return float(unit)
 
 
 def _read_depth(f: Path, png_unit) -> np.ndarray:
     """(H, W) float32 depth from ``.npy`` (as is) or 16-bit ``.png`` (times the unit)."""
     if not f.is_file():
-        raise ValueError(f"{f}: depth file missing")
+        raise DatasetError(f"{f}: depth file missing")
     suffix = f.suffix.lower()
     if suffix == ".npy":
         try:
             d = np.load(f, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"{f}: cannot be read as .npy ({_first_line(e)})") from None
+            raise DatasetError(f"{f}: cannot be read as .npy ({_first_line(e)})") from None
         if d.ndim == 3 and d.shape[-1] == 1:
             d = d[..., 0]
         if d.ndim != 2 or d.dtype.kind not in "fiu":
-            raise ValueError(f"{f}: expected an (H, W) array of numbers, got {d.dtype} {d.shape}")
+            raise DatasetError(f"{f}: expected an (H, W) array of numbers, got {d.dtype} {d.shape}")
         d = d.astype(np.float32)
     elif suffix == ".png":
         try:
@@ -456,18 +457,18 @@ def _read_depth(f: Path, png_unit) -> np.ndarray:
                 mode = im.mode
                 raw = np.array(im)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"{f}: cannot be read as a PNG ({_first_line(e)})") from None
+            raise DatasetError(f"{f}: cannot be read as a PNG ({_first_line(e)})") from None
         if mode not in ("I;16", "I;16B", "I;16L", "I") or raw.ndim != 2:
-            raise ValueError(f"{f}: expected a 16-bit single-channel PNG, got mode {mode}")
+            raise DatasetError(f"{f}: expected a 16-bit single-channel PNG, got mode {mode}")
         if raw.min(initial=0) < 0 or raw.max(initial=0) > 65535:
-            raise ValueError(f"{f}: values outside 0..65535")
+            raise DatasetError(f"{f}: values outside 0..65535")
         d = np.nan_to_num(uint16_to_depth(raw, png_unit(f)), nan=0.0)  # 0 stays "unknown"
     else:
-        raise ValueError(f"{f}: unsupported depth file (use .npy or 16-bit .png)")
+        raise DatasetError(f"{f}: unsupported depth file (use .npy or 16-bit .png)")
     if not np.all(np.isfinite(d)):
-        raise ValueError(f"{f}: non-finite depth values (use 0 for unknown)")
+        raise DatasetError(f"{f}: non-finite depth values (use 0 for unknown)")
     if np.any(d < 0):
-        raise ValueError(f"{f}: negative depth values (use 0 for unknown)")
+        raise DatasetError(f"{f}: negative depth values (use 0 for unknown)")
     return d
 
 
@@ -495,15 +496,15 @@ def write_scene_folder(path: PathLike, sample: TrainingSample, *, depth_format: 
     path = Path(path)
     sample.validate()
     if depth_format not in ("npy", "png"):
-        raise ValueError(f"depth_format: expected 'npy' or 'png', got {depth_format!r}")
+        raise DatasetError(f"depth_format: expected 'npy' or 'png', got {depth_format!r}")
     depth = np.asarray(sample.depth, np.float32)
     q = None
     if depth_format == "png":
         if isinstance(depth_unit, bool) or not isinstance(depth_unit, (int, float)) or not (
                 math.isfinite(depth_unit) and depth_unit > 0):
-            raise ValueError(f"depth_unit: expected a positive number, got {depth_unit!r}")
+            raise DatasetError(f"depth_unit: expected a positive number, got {depth_unit!r}")
         if np.round(float(depth.max(initial=0)) / depth_unit) > 65535:
-            raise ValueError(f"depth_unit: the deepest value {float(depth.max()):g} needs more than 16 bits at "
+            raise DatasetError(f"depth_unit: the deepest value {float(depth.max()):g} needs more than 16 bits at "
                              f"unit {depth_unit:g}; use a unit >= {float(depth.max()) / 65535:.3g}")
         q, _ = depth_to_uint16(depth, depth_unit)  # known depth never becomes "unknown" (0)
     n = sample.num_views

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from da3_plugins.core.errors import UserInputError, first_line
+from da3_plugins.core.errors import DatasetError, UserInputError, first_line
 from da3_plugins.runner import Progress, load_model_for
 
 
 def train_config_from_args(args):
-    """The TrainConfig of ``da3p train`` arguments (defaults: the embedded model's recipe)."""
+    """The TrainConfig of ``da3p train`` arguments (defaults: the embedded model's recipe); a bad
+    value is the configs' own OptionError."""
     from da3_plugins.core.losses import LossWeights
     from da3_plugins.core.training import SyntheticDataConfig, TrainConfig
 
@@ -21,23 +22,20 @@ def train_config_from_args(args):
     syn = base.synthetic
     h, w = args.size or (syn.height, syn.width)
     lo, hi = args.views or (syn.min_views, syn.max_views)
-    try:
-        syn = SyntheticDataConfig(height=h, width=w, scenes=args.scenes or syn.scenes,
-                                  views_per_scene=max(syn.views_per_scene, hi), min_views=lo, max_views=hi,
-                                  seed=args.data_seed,
-                                  max_view_gap=syn.max_view_gap if args.view_gap is None else args.view_gap)
-        return TrainConfig(
-            preset=args.preset, init=args.init, data=args.data, teacher=args.teacher, synthetic=syn, freeze_backbone=args.freeze_backbone,
-            steps=args.steps or base.steps, batch_size=args.batch_size or base.batch_size, lr=args.lr or base.lr,
-            backbone_lr_scale=args.backbone_lr_scale, warmup=base.warmup if args.warmup is None else args.warmup,
-            pose_condition_prob=base.pose_condition_prob if args.pose_condition is None else args.pose_condition,
-            save_every=args.save_every or base.save_every, seed=args.seed,
-            loss=LossWeights(camera=base.loss.camera if args.camera_weight is None else args.camera_weight,
-                             correspondence=(base.loss.correspondence if args.correspondence is None
-                                             else args.correspondence)),
-        )
-    except ValueError as exc:
-        raise UserInputError(first_line(exc)) from None
+    syn = SyntheticDataConfig(height=h, width=w, scenes=args.scenes or syn.scenes,
+                              views_per_scene=max(syn.views_per_scene, hi), min_views=lo, max_views=hi,
+                              seed=args.data_seed,
+                              max_view_gap=syn.max_view_gap if args.view_gap is None else args.view_gap)
+    return TrainConfig(
+        preset=args.preset, init=args.init, data=args.data, teacher=args.teacher, synthetic=syn, freeze_backbone=args.freeze_backbone,
+        steps=args.steps or base.steps, batch_size=args.batch_size or base.batch_size, lr=args.lr or base.lr,
+        backbone_lr_scale=args.backbone_lr_scale, warmup=base.warmup if args.warmup is None else args.warmup,
+        pose_condition_prob=base.pose_condition_prob if args.pose_condition is None else args.pose_condition,
+        save_every=args.save_every or base.save_every, seed=args.seed,
+        loss=LossWeights(camera=base.loss.camera if args.camera_weight is None else args.camera_weight,
+                         correspondence=(base.loss.correspondence if args.correspondence is None
+                                         else args.correspondence)),
+    )
 
 
 def cmd_train(args, progress: Progress) -> int:
@@ -65,8 +63,8 @@ def cmd_train(args, progress: Progress) -> int:
 
         try:
             FolderDataset(cfg.data)
-        except ValueError as exc:
-            raise UserInputError(f"--data {exc}") from None
+        except DatasetError as exc:
+            raise UserInputError(f"--data {first_line(exc)}") from None
     log_file = None
 
     def log(entry):
@@ -80,8 +78,8 @@ def cmd_train(args, progress: Progress) -> int:
 
     try:
         result = train(cfg, out, resume=args.resume, progress=progress.mode == "bar", log=log, device=args.device)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
-        raise UserInputError(str(exc)) from None
+    except (FileExistsError, FileNotFoundError) as exc:  # the run folder: resume or another one
+        raise UserInputError(first_line(exc)) from None
     finally:
         if log_file is not None:
             log_file.close()
@@ -110,8 +108,8 @@ def cmd_eval(args, progress: Progress) -> int:
 
         try:
             ds = FolderDataset(args.data)
-        except ValueError as exc:
-            raise UserInputError(f"--data {exc}") from None
+        except DatasetError as exc:
+            raise UserInputError(f"--data {first_line(exc)}") from None
         h, w = args.size or (126, 168)
         scenes = []
         for i in range(len(ds)):

@@ -109,3 +109,57 @@ def test_no_source_file_is_over_600_lines():
             if lines > MAX_LINES:
                 long[str(path.relative_to(ROOT))] = lines
     assert not long, f"files over {MAX_LINES} lines (split them by concern): {long}"
+
+
+# ----------------------------------------------------------------------------- layers
+# docs/architecture.md: each layer imports only the layers below it.
+
+PURE_PYTHON = ("errors", "options", "model_source")
+"""Standard library only: the Blender extension vendors them."""
+NUMPY_ONLY = ("conventions", "points", "quaternions", "seeds", "reconstruction")
+"""numpy and the modules above only: the Blender extension vendors them too."""
+HOST_TOOLS = ("bpy", "mathutils", "open3d", "nerfstudio", "gsplat", "tyro")
+
+
+def _top_level_imports(path) -> Set[str]:
+    """First component of every absolute import in a file (inside functions too)."""
+    import ast
+
+    names: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_imports_no_host_tool_and_nothing_above_it():
+    graph = import_graph()
+    modules = project_modules()
+    for name, path in modules.items():
+        if not name.startswith("da3_plugins.core"):
+            continue
+        above = {m for m in graph[name] if not m.startswith("da3_plugins.core")}
+        assert not above, f"{name} imports {sorted(above)}: core may not import the front ends or adapters"
+        host = _top_level_imports(path) & set(HOST_TOOLS)
+        assert not host, f"{name} imports host tools {sorted(host)}"
+
+
+def test_vendored_modules_stay_pure_python_or_numpy_only():
+    import sys
+
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    graph = import_graph()
+    modules = project_modules()
+    for short in PURE_PYTHON + NUMPY_ONLY:
+        name = f"da3_plugins.core.{short}"
+        allowed_project = {f"da3_plugins.core.{m}" for m in PURE_PYTHON}
+        allowed_external = set(stdlib)
+        if short in NUMPY_ONLY:
+            allowed_project |= {f"da3_plugins.core.{m}" for m in NUMPY_ONLY}
+            allowed_external.add("numpy")
+        project = graph[name] - allowed_project - {"da3_plugins.core"}
+        assert not project, f"{name} imports {sorted(project)}, above its layer"
+        external = _top_level_imports(modules[name]) - allowed_external - {"da3_plugins"} - set(PURE_PYTHON + NUMPY_ONLY)
+        assert not external, f"{name} imports {sorted(external)}; it must stay {'numpy-only' if short in NUMPY_ONLY else 'pure Python'}"

@@ -1,4 +1,4 @@
-"""Cameras from the ray map (core/ray_pose.py): parity with the official solver, exactness
+"""Cameras from the ray map (core/model/ray_pose.py): parity with the official solver, exactness
 on noise-free rays, RNG consumption, and input checks.
 
 The ray maps are built from known cameras: for the cell (i, j) of an h x w map the pixel of

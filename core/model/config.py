@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional, Tuple, Union
 
+from ..errors import OptionError
 from ..options import PATCH_SIZE  # noqa: F401  (the ViT patch: one definition)
 
 
@@ -212,7 +213,7 @@ def get_preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown DA3 preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+        raise OptionError(f"unknown DA3 preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
 
 
 def shrink_backbone(cfg: NetConfig, depth: int, out_layers, alt_start: Optional[int] = None) -> NetConfig:

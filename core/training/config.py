@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple
 
 from .. import losses as L
+from ..errors import OptionError
 from ..model.config import PATCH_SIZE, get_preset
 
 
@@ -37,15 +38,15 @@ class SyntheticDataConfig:
         for name in ("height", "width"):
             v = getattr(self, name)
             if v <= 0 or v % PATCH_SIZE:
-                raise ValueError(f"{name}: expected a positive multiple of {PATCH_SIZE}, got {v}")
+                raise OptionError(f"{name}: expected a positive multiple of {PATCH_SIZE}, got {v}")
         if not 1 <= self.min_views <= self.max_views <= self.views_per_scene:
-            raise ValueError(
+            raise OptionError(
                 f"views: expected 1 <= min_views ({self.min_views}) <= max_views ({self.max_views}) "
                 f"<= views_per_scene ({self.views_per_scene})")
         if self.scenes < 1:
-            raise ValueError(f"scenes: expected >= 1, got {self.scenes}")
+            raise OptionError(f"scenes: expected >= 1, got {self.scenes}")
         if self.max_view_gap < 0:
-            raise ValueError(f"max_view_gap: expected >= 0 (0: any subset), got {self.max_view_gap}")
+            raise OptionError(f"max_view_gap: expected >= 0 (0: any subset), got {self.max_view_gap}")
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,11 @@ class TrainConfig:
             get_preset(self.preset)
         for name in ("steps", "batch_size", "save_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+                raise OptionError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise ValueError(f"lr: expected > 0, got {self.lr}")
+            raise OptionError(f"lr: expected > 0, got {self.lr}")
         if not 0 <= self.pose_condition_prob <= 1:
-            raise ValueError(f"pose_condition_prob: expected a probability, got {self.pose_condition_prob}")
+            raise OptionError(f"pose_condition_prob: expected a probability, got {self.pose_condition_prob}")
 
     def to_json(self) -> dict:
         """Plain JSON-ready dict (nested configs as dicts, tuples as lists after dumping)."""

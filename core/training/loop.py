@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import losses as L
+from ..errors import OptionError
 from ..reconstruction import atomic_path
 from .config import TrainConfig
 from .data import FolderData, SyntheticData
@@ -113,7 +114,7 @@ def train(cfg: TrainConfig, output: Union[str, os.PathLike], *, resume: bool = F
     model = load_model(output, device="cpu") if resume else build_model(cfg)
     net = model.net.to(dev)
     if net.cfg.head.kind != "dualdpt" or net.cam_dec is None:
-        raise ValueError(f"{model.preset}: only any-view presets (depth + ray + camera) can be trained here")
+        raise OptionError(f"{model.preset}: only any-view presets (depth + ray + camera) can be trained here")
     net.train()
     backbone_params = [p for p in net.backbone.parameters()]
     ids = {id(p) for p in backbone_params}
@@ -134,7 +135,7 @@ def train(cfg: TrainConfig, output: Union[str, os.PathLike], *, resume: bool = F
         mine = json.loads(json.dumps(cfg.to_json()))
         diff = [k for k in mine if k != "steps" and mine[k] != saved.get(k)]
         if diff:
-            raise ValueError(f"{output}: the saved run has a different config ({', '.join(diff)}); resume needs the same one")
+            raise OptionError(f"{output}: the saved run has a different config ({', '.join(diff)}); resume needs the same one")
         start, history = _load_state(output, optimizer)
 
     if data is None:
@@ -143,7 +144,7 @@ def train(cfg: TrainConfig, output: Union[str, os.PathLike], *, resume: bool = F
             data = FolderData(cfg.data, cfg.synthetic, teacher=teacher)
         else:
             if cfg.teacher:
-                raise ValueError("teacher: pseudo-labels are for your own data (--data); synthetic depth is exact")
+                raise OptionError("teacher: pseudo-labels are for your own data (--data); synthetic depth is exact")
             data = SyntheticData(cfg.synthetic)
     bar = None
     if progress:

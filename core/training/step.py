@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .. import conventions as conv
 from .. import losses as L
+from ..errors import OptionError
 from ..geometry import cameras_to_ray_map
 from ..model.camera import encode_pose, invert_rigid
 from ..model.config import PATCH_SIZE
@@ -90,7 +91,7 @@ def forward_for_training(net, images: Tensor, w2c: Optional[Tensor] = None, intr
     (``"match_k"``: list of (B, P, d)), for :func:`~.losses.correspondence_loss`.
     """
     if net.cfg.head.kind != "dualdpt" or net.cam_dec is None:
-        raise ValueError(f"{net.cfg.name}: training needs an any-view model (depth + ray heads and a camera decoder)")
+        raise OptionError(f"{net.cfg.name}: training needs an any-view model (depth + ray heads and a camera decoder)")
     n = images.shape[1]
     h, w = images.shape[-2:]
     cam_token = net.cam_enc(w2c, intrinsics, (h, w)) if w2c is not None else None
