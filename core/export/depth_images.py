@@ -64,15 +64,7 @@ def colorize_depth(depth: np.ndarray, valid: Optional[np.ndarray] = None) -> np.
         depth: z-depth (any unit); non-finite or non-positive values are invalid.
         valid: optional (H, W) bool mask of pixels to show (e.g. not sky).
     """
-    depth = np.asarray(depth)
-    if depth.ndim != 2:
-        raise ValueError(f"depth: expected an (H, W) array, got shape {depth.shape}")
-    ok = np.isfinite(depth) & (depth > 0)
-    if valid is not None:
-        ok &= np.asarray(valid, bool)
-    inv = np.zeros(depth.shape, np.float64)
-    inv[ok] = 1.0 / depth[ok]
-    return _percentile_map(inv, ok)
+    return _colorize(depth, valid, "depth", lambda d: 1.0 / d)
 
 
 def colorize_confidence(conf: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
@@ -82,15 +74,21 @@ def colorize_confidence(conf: np.ndarray, valid: Optional[np.ndarray] = None) ->
         conf: confidence (DA3's is >= 1); non-finite or non-positive values are invalid.
         valid: optional (H, W) bool mask of pixels to show.
     """
-    conf = np.asarray(conf)
-    if conf.ndim != 2:
-        raise ValueError(f"conf: expected an (H, W) array, got shape {conf.shape}")
-    ok = np.isfinite(conf) & (conf > 0)
+    return _colorize(conf, valid, "conf", np.log)
+
+
+def _colorize(values: np.ndarray, valid: Optional[np.ndarray], name: str, transform) -> np.ndarray:
+    """Colour ``transform(values)`` by percentiles where values are finite and positive (and
+    ``valid``); everything else black."""
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"{name}: expected an (H, W) array, got shape {values.shape}")
+    ok = np.isfinite(values) & (values > 0)
     if valid is not None:
         ok &= np.asarray(valid, bool)
-    logc = np.zeros(conf.shape, np.float64)
-    logc[ok] = np.log(conf[ok])
-    return _percentile_map(logc, ok)
+    mapped = np.zeros(values.shape, np.float64)
+    mapped[ok] = transform(values[ok])
+    return _percentile_map(mapped, ok)
 
 
 def depth_to_uint16(depth: np.ndarray, unit: Optional[float] = None) -> Tuple[np.ndarray, float]:
