@@ -51,10 +51,14 @@ class ExportFormat:
     takes_progress: bool = False
     default: bool = False
 
-    def write(self, rec, folder: Path, *, conf_threshold="auto", progress: Optional[ProgressFn] = None) -> Path:
-        """Write this format for ``rec`` into ``folder``; returns the written path."""
+    def check(self, rec) -> None:
+        """Refuse a reconstruction this format cannot be written from (one-line error)."""
         if self.needs_gaussians and rec.gaussians is None:
             raise UserInputError(f"--export {self.name}: the reconstruction has no Gaussians ({GAUSSIAN_MODELS_HINT})")
+
+    def write(self, rec, folder: Path, *, conf_threshold="auto", progress: Optional[ProgressFn] = None) -> Path:
+        """Write this format for ``rec`` into ``folder``; returns the written path."""
+        self.check(rec)
         target = Path(folder) / self.path
         if self.writer == "scene":
             return Path(rec.save(target))
@@ -120,6 +124,8 @@ def write_exports(rec, folder: Path, names: Sequence[str], *, conf_threshold="au
     ``progress(stage, done, total, message)`` hears about each format ("export") and about the
     frames of a video ("video")."""
     report = progress or (lambda *a: None)
+    for name in names:  # refuse before writing anything
+        EXPORTS[name].check(rec)
     written: Dict[str, str] = {}
     total = len(names)
     for i, name in enumerate(names):
