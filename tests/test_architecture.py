@@ -8,7 +8,7 @@ from typing import Dict, List, Set
 from source_tree import ROOT, imported_modules, project_modules, python_files
 
 MAX_LINES = 600
-SOURCE_FOLDERS = ("core", "da3_plugins", "nerfstudio_method", "blender_addon", "scripts", "benchmarks")
+SOURCE_FOLDERS = ("core", "da3_plugins", "nerfstudio_method", "blender_addon", "scripts", "benchmarks", "tests")
 
 
 def import_graph() -> Dict[str, Set[str]]:
