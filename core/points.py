@@ -20,8 +20,10 @@ import numpy as np
 
 try:  # inside the package
     from . import conventions as _conv
+    from .errors import OptionError
 except ImportError:  # copied as plain modules (the Blender extension)
     import conventions as _conv  # type: ignore[no-redef]
+    from errors import OptionError  # type: ignore[no-redef]
 
 AUTO_CONF_PERCENTILE = 40.0
 """The official exports' percentile for ``conf_threshold="auto"`` (see :func:`auto_conf_threshold`)."""
@@ -105,11 +107,11 @@ def resolve_conf_threshold(conf_threshold: Union[None, float, str], conf: Option
     becomes :func:`auto_conf_threshold` of ``conf`` (N, H, W), a number stays itself.
 
     Raises:
-        ValueError: any other string (one line naming ``conf_threshold``).
+        OptionError: any other string (one line naming ``conf_threshold``).
     """
     if isinstance(conf_threshold, str):
         if conf_threshold != "auto":
-            raise ValueError(f"conf_threshold: expected a number, None or 'auto', got {conf_threshold!r}")
+            raise OptionError(f"conf_threshold: expected a number, None or 'auto', got {conf_threshold!r}")
         return auto_conf_threshold(conf)
     return None if conf_threshold is None else float(conf_threshold)
 
