@@ -54,15 +54,15 @@ def depth_in_view(points: np.ndarray, view: np.ndarray, extrinsics: np.ndarray) 
     return np.einsum("pj,pj->p", ext[:, 2, :3], np.asarray(points, np.float64)) + ext[:, 2, 3]
 
 
-def seed_footprint(density: float = 1.0) -> float:
+def seed_footprint(density: float = 1.0, footprint: float = SEED_FOOTPRINT) -> float:
     """Standard deviation in pixels of a seed Gaussian itself (before ``EPS2D``), for a cloud
-    holding ``density`` (0, 1] of the pixels that made it:
-    ``sqrt(max(SEED_FOOTPRINT^2 / density - EPS2D, MIN_FOOTPRINT^2))``."""
-    return float(np.sqrt(max(SEED_FOOTPRINT**2 / min(1.0, max(float(density), 1e-9)) - EPS2D, MIN_FOOTPRINT**2)))
+    holding ``density`` (0, 1] of the pixels that made it, drawn ``footprint`` pixels wide:
+    ``sqrt(max(footprint^2 / density - EPS2D, MIN_FOOTPRINT^2))``."""
+    return float(np.sqrt(max(footprint**2 / min(1.0, max(float(density), 1e-9)) - EPS2D, MIN_FOOTPRINT**2)))
 
 
 def seed_scales(points: np.ndarray, view: np.ndarray, extrinsics: np.ndarray, intrinsics: np.ndarray,
-                density: float = 1.0) -> np.ndarray:
+                density: float = 1.0, footprint: float = SEED_FOOTPRINT) -> np.ndarray:
     """World-space standard deviations (P,) float64 of round seed Gaussians, about a pixel wide.
 
     Args:
@@ -71,12 +71,15 @@ def seed_scales(points: np.ndarray, view: np.ndarray, extrinsics: np.ndarray, in
         extrinsics: (N, 3|4, 4) OpenCV world-to-camera; intrinsics: (N, 3, 3) K in pixels.
         density: the fraction of the view's pixels the cloud keeps (after confidence filtering,
             de-duplication and thinning), in (0, 1].
+        footprint: the drawn splat's standard deviation in the view's pixels (default
+            :data:`SEED_FOOTPRINT`, which exact-depth seeds need; a picture seen from
+            elsewhere wants wider splats).
 
     Returns:
-        ``seed_footprint(density) * z / fx`` of each point's own view.
+        ``seed_footprint(density, footprint) * z / fx`` of each point's own view.
     """
     fx = np.asarray(intrinsics, np.float64)[np.asarray(view), 0, 0]
-    return seed_footprint(density) * depth_in_view(points, view, extrinsics) / fx
+    return seed_footprint(density, footprint) * depth_in_view(points, view, extrinsics) / fx
 
 
 def dedupe_views(points: np.ndarray, view: np.ndarray, depth: np.ndarray, extrinsics: np.ndarray,

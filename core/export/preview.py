@@ -15,12 +15,16 @@ from ..seeds import rgb_to_sh_dc, seed_scales
 from .depth_images import colorize_depth
 
 PathLike = Union[str, os.PathLike]
+PREVIEW_FOOTPRINT = 0.8
+"""Splat width (standard deviation, in pixels of the view a point came from) of the preview's
+novel view.  Wider than the seed rule's default: the novel camera stands away from the input
+cameras, where the default's splats leave pinholes between neighbouring points."""
 
 
 def points_as_gaussians(rec: Reconstruction, conf_threshold="auto", max_points: int = 200_000,
                         seed: int = 0) -> GaussianSet:
     """One round Gaussian per reconstructed point, about a pixel wide where it was seen
-    (:func:`core.seeds.seed_scales`), with the pixel's colour (SH degree 0) and opacity 0.95.
+    (:func:`core.seeds.seed_scales` with :data:`PREVIEW_FOOTPRINT`), with the pixel's colour (SH degree 0) and opacity 0.95.
     Above ``max_points`` a random subset is kept, and the seed rule widens each Gaussian by the
     square root of the thinning, so surfaces stay closed."""
     cloud = rec.points(conf_threshold=conf_threshold)
@@ -30,7 +34,7 @@ def points_as_gaussians(rec: Reconstruction, conf_threshold="auto", max_points: 
         density = max_points / len(pts)
         pick = np.sort(np.random.default_rng(seed).choice(len(pts), max_points, replace=False))
         pts, colors, view = pts[pick], colors[pick], view[pick]
-    scale = seed_scales(pts, view, rec.extrinsics, rec.intrinsics, density)
+    scale = seed_scales(pts, view, rec.extrinsics, rec.intrinsics, density, footprint=PREVIEW_FOOTPRINT)
     g = len(pts)
     return GaussianSet(means=pts, scales=np.repeat(scale[:, None], 3, 1), rotations=np.tile([1.0, 0, 0, 0], (g, 1)),
                        harmonics=rgb_to_sh_dc(colors)[:, :, None], opacities=np.full(g, 0.95), view=view)
