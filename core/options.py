@@ -13,7 +13,7 @@ Each field's ``metadata`` says how the command line shows it: ``flag`` (the ``da
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 try:  # inside the package
@@ -150,16 +150,22 @@ class SceneOptions(ReconstructOptions):
         data = dict(data or {})
         known = {f.name for f in fields(cls)} - {"extra"}
         extra = {k: v for k, v in data.items() if k not in known}
-        extra.update(data.get("extra") or {})
         values = {}
         for k in known & set(data):
+            value = _from_plain(cls, k, data[k])
             try:
-                cls(**{k: _from_plain(cls, k, data[k])})
+                cls(**{k: value})
             except (OptionError, TypeError):
                 extra[k] = data[k]
-                continue
-            values[k] = _from_plain(cls, k, data[k])
+            else:
+                values[k] = value
         return cls(**values, extra=extra)
+
+    @classmethod
+    def of_run(cls, options: ReconstructOptions, **facts) -> "SceneOptions":
+        """``options`` plus what the run found (``camera_source``, ``passes``, ... and the values
+        it actually used for option fields, such as the chunk size)."""
+        return cls(**{**_option_values(options), **facts})
 
     def to_saved(self) -> Dict[str, Any]:
         """The JSON object a scene file stores (``extra`` keys at the top level, as they came)."""
@@ -171,7 +177,7 @@ class SceneOptions(ReconstructOptions):
     @property
     def reconstruct_options(self) -> ReconstructOptions:
         """Just the options, to run the same reconstruction again."""
-        return ReconstructOptions(**{f.name: getattr(self, f.name) for f in fields(ReconstructOptions)})
+        return ReconstructOptions(**_option_values(self))
 
     # the old dict interface, read-only
     def __getitem__(self, key: str):
@@ -193,6 +199,11 @@ class SceneOptions(ReconstructOptions):
 
 
 _ABSENT = object()
+
+
+def _option_values(obj) -> Dict[str, Any]:
+    """{field: value} of the :class:`ReconstructOptions` fields of ``obj``."""
+    return {f.name: getattr(obj, f.name) for f in fields(ReconstructOptions)}
 
 
 def option_defaults() -> Dict[str, Any]:

@@ -264,11 +264,6 @@ def _dense_sim3(src_pts: np.ndarray, dst_pts: np.ndarray, weight_ok: np.ndarray,
     return umeyama(src, dst)
 
 
-def _world_points(depth, ext, k) -> np.ndarray:
-    """(n, H, W, 3) float32 world points of (n, H, W) depth, (n, 3, 4) w2c and (n, 3, 3) K."""
-    return depth_to_points(depth, k, ext)
-
-
 # --------------------------------------------------------------------------- public
 
 
@@ -384,8 +379,8 @@ def reconstruct(
             if ci > 0 and not poses_used and model.predicts_cameras:
                 # place this chunk onto the views already placed, by their dense points
                 report(ProgressEvent("align", ci, len(chunks) - 1, "aligning overlapping chunks"))
-                src = _world_points(res.depth[shared], res.extrinsics[shared], res.intrinsics[shared])
-                dst = _world_points(depth[idx[shared]], ext[idx[shared]], kk[idx[shared]])
+                src = depth_to_points(res.depth[shared], res.intrinsics[shared], res.extrinsics[shared])
+                dst = depth_to_points(depth[idx[shared]], kk[idx[shared]], ext[idx[shared]])
                 ok = np.isfinite(src).all(-1) & np.isfinite(dst).all(-1) & (res.depth[shared] > 0)
                 if res.conf is not None:
                     c_new, c_old = res.conf[shared], conf[idx[shared]]
@@ -415,12 +410,12 @@ def reconstruct(
     if gs_parts:
         gaussians = GaussianSet(*(np.concatenate([getattr(g, f) for g in gs_parts])
                                   for f in ("means", "scales", "rotations", "harmonics", "opacities", "view")))
-    scene_options = SceneOptions(
-        **{f.name: getattr(opts, f.name) for f in ReconstructOptions.option_fields()},
+    scene_options = SceneOptions.of_run(
+        opts, max_views_per_pass=size, chunk_overlap=overlap, precision=precision_name(_backbone_dtype(model)),
         camera_source="input" if poses_used else ("predicted" if model.predicts_cameras else "none"),
         passes=len(chunks),
         image_files=tuple(Path(im.source).name if im.source and Path(im.source).is_file() else "" for im in loaded),
-    ).replace(max_views_per_pass=size, chunk_overlap=overlap, precision=precision_name(_backbone_dtype(model)))
+    )
     return Reconstruction(
         images=pixels, depth=depth, extrinsics=ext, intrinsics=kk, conf=conf,
         original_sizes=np.array([im.size_hw for im in loaded], np.int64), pixel_transform=transforms,

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import UserInputError
 from .options import PATCH_SIZE as PATCH
-from .options import RESIZE_METHODS, ReconstructOptions  # noqa: F401  (RESIZE_METHODS: re-exported)
+from .options import ReconstructOptions
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

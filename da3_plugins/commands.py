@@ -16,7 +16,7 @@ from typing import Dict
 from da3_plugins.core.errors import UserInputError, first_line
 from da3_plugins.core.export.registry import EXPORTS, write_exports
 from da3_plugins.core.options import ReconstructOptions
-from da3_plugins.runner import (DEFAULT_MODEL, OutputDir, Progress, RunRequest, export_scene, load_model_for,
+from da3_plugins.runner import (OutputDir, Progress, RunRequest, export_scene, load_model_for,
                                 run_reconstruct)
 
 DEMO_EXPORTS = ("scene", "ply", "glb", "colmap", "depth", "preview")

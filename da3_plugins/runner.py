@@ -195,8 +195,8 @@ def load_model_for(source: Optional[str], *, device: str = "auto", precision: Op
     """Load the model a front end was asked for (``None``: :data:`DEFAULT_MODEL`).
 
     Every failure the user can fix (a missing folder, a bad checkpoint, an unreachable hub id)
-    becomes one :class:`UserInputError` line naming ``flag`` and the model; without a model
-    name it also says how to get the default offline or to use the embedded one."""
+    becomes one :class:`UserInputError` line naming ``flag`` and the model; for a hub id that
+    cannot be fetched it names the flag's offline choices too."""
     from da3_plugins.core import load_model
 
     name = source or DEFAULT_MODEL
@@ -209,10 +209,6 @@ def load_model_for(source: Optional[str], *, device: str = "auto", precision: Op
         if isinstance(exc, HubError):  # its line says how to get the model; name this front end's flag
             tried = f"no {flag} given, so the official default was tried; " if source is None else ""
             hint = f" ({tried}then {flag} DA3_DIR, or {flag} embedded)"
-        elif source is None:
-            hint = (f" (no {flag} given, so the official {DEFAULT_MODEL} was tried. Download it on a machine "
-                    f"with access: huggingface-cli download {DEFAULT_MODEL} --local-dir DA3_DIR, then pass "
-                    f"{flag} DA3_DIR; or use {flag} embedded, the small offline demo model)")
         text = first_line(exc)
         text = text if name in text else f"{name}: {text}"
         raise UserInputError(f"{flag} {text}{hint}") from None
@@ -395,8 +391,6 @@ def read_camera_files(poses: Optional[str], intrinsics: Optional[str], n: int):
     import numpy as np
 
     ext = k = None
-    if poses and not intrinsics:
-        raise UserInputError("--poses: known poses need --intrinsics too")
     if intrinsics:
         k = _load_matrix_file(intrinsics, "--intrinsics", "intrinsics")
         if k.shape == (3, 3):

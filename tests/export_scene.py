@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import struct
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from da3_plugins.core import conventions as conv
-from da3_plugins.core.export import (read_gaussian_ply, write_colmap, write_depth_images, write_gaussian_ply,
-                                     write_glb, write_nerfstudio, write_point_ply)
-from da3_plugins.core.reconstruction import GaussianSet, PointCloud, Reconstruction
+from da3_plugins.core.reconstruction import GaussianSet, Reconstruction
 
 H, W = 42, 56
 

@@ -5,7 +5,6 @@ writers leave nothing, no writer modifies the reconstruction, bad input gives a 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import struct
 
@@ -16,9 +15,10 @@ from PIL import Image
 from da3_plugins.core import conventions as conv
 from da3_plugins.core.export import (read_gaussian_ply, write_colmap, write_depth_images, write_gaussian_ply,
                                      write_glb, write_nerfstudio, write_point_ply)
-from da3_plugins.core.reconstruction import GaussianSet, PointCloud, Reconstruction
+from da3_plugins.core.reconstruction import PointCloud
 
-from export_scene import H, W, _assert_unchanged, _look_at, _per_pixel_gaussians, _ply_header, _random_gaussians, _snapshot, rec  # noqa: F401  (rec is a fixture)
+from export_scene import (H, W, _assert_unchanged, _per_pixel_gaussians, _ply_header,  # noqa: F401  (rec: a fixture)
+                          _random_gaussians, _snapshot, rec)
 
 
 def test_point_ply_plyfile(rec, tmp_path):

@@ -3,21 +3,19 @@ nerfstudio folder by nerfstudio's own dataparser, the video by OpenCV."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import struct
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from da3_plugins.core import conventions as conv
-from da3_plugins.core.export import (read_gaussian_ply, write_colmap, write_depth_images, write_gaussian_ply,
-                                     write_glb, write_nerfstudio, write_point_ply)
-from da3_plugins.core.reconstruction import GaussianSet, PointCloud, Reconstruction
+from da3_plugins.core.export import write_colmap, write_nerfstudio
+from da3_plugins.core.reconstruction import GaussianSet
 
-from export_scene import H, W, _assert_unchanged, _look_at, _per_pixel_gaussians, _ply_header, _random_gaussians, _snapshot, rec  # noqa: F401  (rec is a fixture)
+from export_scene import H, W, _assert_unchanged, _snapshot, rec  # noqa: F401  (rec is a fixture)
+
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_colmap_pycolmap(rec, tmp_path, binary):

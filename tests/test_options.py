@@ -4,7 +4,6 @@ file and the export registry (with the README's table) all derive from it."""
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import numpy as np

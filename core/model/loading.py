@@ -22,7 +22,6 @@ from torch import nn
 
 from ..errors import HubError, UserInputError, first_line
 from ..model_source import EMBEDDED, PICKLE_SUFFIXES, classify_model_source
-from ..precision import resolve_dtype  # noqa: F401  (re-exported: the loader's dtype argument)
 from .config import HUB_REPOS, PRESETS, ModelConfig, get_preset
 from .network import build_network
 
