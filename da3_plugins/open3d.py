@@ -67,7 +67,7 @@ def to_point_cloud(rec: Reconstruction, *, conf_threshold: Union[None, float, st
     o3d = _open3d()
     _check_depth(rec)
     _check_positive("voxel_size", voxel_size)
-    cloud = rec.points(conf_threshold=resolve_conf_threshold(conf_threshold, rec.conf), stride=stride)
+    cloud = rec.points(conf_threshold=conf_threshold, stride=stride)
     if len(cloud) == 0:
         raise ValueError(f"conf_threshold: no point passes the threshold {conf_threshold!r}; lower it")
     pcd = o3d.geometry.PointCloud()

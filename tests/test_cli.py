@@ -321,3 +321,20 @@ def test_only_user_input_errors_are_exit_2_and_bugs_are_one_line_exit_1(tmp_path
     monkeypatch.setattr(commands, "cmd_export", plain_value_error)
     assert main(["export", str(tmp_path / "s.npz"), "-o", str(tmp_path / "o"), "--progress", "none"]) == 1
     Path(capsys.readouterr().err.rsplit("with ", 1)[1].strip().rstrip(")")).unlink()
+
+
+def test_model_and_threshold_mistakes_are_bad_input_not_bugs(tmp_path, capsys):
+    import shutil
+    from importlib.resources import files
+
+    bare = tmp_path / "weights.safetensors"  # a weights file without config.json beside it
+    shutil.copy(str(files("da3_plugins") / "data" / "da3-tiny" / "model.safetensors"), bare)
+    demo = str(files("da3_plugins") / "data" / "demo")
+    code = main(["reconstruct", demo, "-o", str(tmp_path / "o"), "--model", str(bare), "--progress", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "a bare weights file needs preset=" in err[0], err
+    code = main(["reconstruct", demo, "-o", str(tmp_path / "o"), "--model", "embedded", "--process-res", "56",
+                 "--export", "ply", "--conf-threshold", "1e9", "--progress", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "conf_threshold: no point passes" in err[0], err
+    assert not (tmp_path / "o").exists()

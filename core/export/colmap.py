@@ -25,6 +25,7 @@ from typing import BinaryIO, List, NamedTuple, Union
 import numpy as np
 
 from .. import conventions as conv
+from ..errors import OptionError
 from ..points import depth_to_points, resolve_conf_threshold
 from ..quaternions import matrix_to_quat_wxyz
 from ..reconstruction import Reconstruction, atomic_folder
@@ -62,7 +63,7 @@ def _build(rec: Reconstruction, conf_threshold, stride: int, max_points: int, se
     mask = rec.valid_mask(resolve_conf_threshold(conf_threshold, rec.conf))[:, ::stride, ::stride]
     v, row, col = np.nonzero(mask)  # indices into the strided grid
     if len(v) == 0:
-        raise ValueError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
+        raise OptionError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
     if len(v) > max_points:
         pick = np.sort(np.random.default_rng(seed).choice(len(v), max_points, replace=False))
         v, row, col = v[pick], row[pick], col[pick]

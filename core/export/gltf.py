@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Tuple, Union
 import numpy as np
 
 from .. import conventions as conv
+from ..errors import OptionError
 from ..reconstruction import Reconstruction, atomic_path
 
 PathLike = Union[str, os.PathLike]
@@ -98,7 +99,7 @@ def _points(rec: Reconstruction, conf_threshold, stride: int, max_points: int,
     finite = np.isfinite(cloud.positions).all(1)
     pos, col = cloud.positions[finite].astype(np.float64), cloud.colors[finite]
     if len(pos) == 0:
-        raise ValueError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
+        raise OptionError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
     if len(pos) > max_points:
         pick = np.sort(np.random.default_rng(seed).choice(len(pos), max_points, replace=False))
         pos, col = pos[pick], col[pick]

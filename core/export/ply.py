@@ -14,6 +14,7 @@ from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import OptionError
 from ..reconstruction import GaussianSet, PointCloud, Reconstruction, atomic_path
 
 PathLike = Union[str, os.PathLike]
@@ -109,7 +110,7 @@ def write_point_ply(path: PathLike, source: Union[Reconstruction, PointCloud], *
     else:
         raise ValueError(f"source: expected a Reconstruction or a PointCloud, got {type(source).__name__}")
     if len(cloud) == 0:
-        raise ValueError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
+        raise OptionError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
     pos = np.asarray(cloud.positions, np.float32).reshape(-1, 3)
     col = np.asarray(cloud.colors, np.uint8).reshape(-1, 3)
     return _write_vertex_ply(path, [

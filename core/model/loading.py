@@ -263,7 +263,7 @@ def resolve_source(source: Union[str, os.PathLike], preset: Optional[str], revis
             if beside.is_file():
                 preset = preset_from_config(read_config(beside), beside)
             else:
-                raise ValueError(
+                raise CheckpointError(
                     f"{path}: a bare weights file needs preset= (one of {', '.join(sorted(PRESETS))})"
                 )
         return path, preset, str(path)
