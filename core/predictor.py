@@ -1,0 +1,130 @@
+"""The predictor protocol: what :func:`~.pipeline.reconstruct` needs from a model.
+
+``reconstruct`` splits the views into chunks, hands each chunk's processed images to a
+*predictor* and joins the answers (overlaps, loop closures, a global pose graph).  Anything
+that implements :class:`Predictor` can be plugged in and keeps every export and adapter; the
+DA3 model is one such object (:class:`DA3Predictor`), and :mod:`.synthetic` provides a
+ground-truth predictor with controllable, seeded errors for tests and benchmarks.
+
+A predictor answers one chunk at a time::
+
+    class MyPredictor:
+        name = "my-model"            # recorded in the scene file
+        predicts_cameras = True      # False: depth only (monocular); reconstruct places views at the origin
+        has_gaussians = False        # True: predict() may return Gaussians when asked
+        is_metric = False            # True: depth and translations in metres (joints are then SE(3))
+
+        def predict(self, chunk: ChunkInput) -> ChunkPrediction: ...
+
+Frames: a prediction is in the chunk's own frame (any Sim(3) frame; DA3 puts its first view at
+the origin).  When ``chunk.extrinsics`` is given the predictor is *conditioned* on those poses
+and its answer should be in their frame (DA3 aligns its prediction to them); ``reconstruct``
+checks nothing more than shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Protocol, runtime_checkable
+
+import numpy as np
+
+from .options import ReconstructOptions
+from .reconstruction import GaussianSet
+
+__all__ = ["ChunkInput", "ChunkPrediction", "Predictor", "default_intrinsics", "check_prediction"]
+
+
+@dataclass(frozen=True)
+class ChunkInput:
+    """One chunk to predict.
+
+    pixels: (n, h, w, 3) uint8 processed images (RGB), in view order.
+    views: (n,) int64 global indices of these views in the whole input (the ground-truth
+        predictor uses them; a network ignores them).
+    extrinsics: (n, 4, 4) float64 world-to-camera poses to condition on, or None.
+    intrinsics: (n, 3, 3) float64 intrinsics of the processed images, or None.
+    options: the run's options (``infer_gs``, ``use_ray_pose``, ``ref_view_strategy``, ...).
+    want_features: whether loop detection needs per-view features from this chunk.
+    """
+
+    pixels: np.ndarray
+    views: np.ndarray
+    extrinsics: Optional[np.ndarray] = None
+    intrinsics: Optional[np.ndarray] = None
+    options: ReconstructOptions = ReconstructOptions()
+    want_features: bool = False
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+@dataclass
+class ChunkPrediction:
+    """A predictor's answer for one chunk, in the chunk's frame.
+
+    depth: (n, h, w) float32 z-depth; conf: (n, h, w) float32 or None (higher is better);
+    extrinsics: (n, 3, 4) float64 world-to-camera (OpenCV); intrinsics: (n, 3, 3) float64;
+    sky: (n, h, w) bool or None; gaussians: a :class:`GaussianSet` whose ``view`` holds the
+    global view indices, or None; features: (n, d) float32 per-view descriptors for loop
+    detection (compared by cosine similarity), or None (no loop closure then);
+    is_metric: depth and translations in metres.
+    """
+
+    depth: np.ndarray
+    extrinsics: np.ndarray
+    intrinsics: np.ndarray
+    conf: Optional[np.ndarray] = None
+    sky: Optional[np.ndarray] = None
+    gaussians: Optional[GaussianSet] = None
+    features: Optional[np.ndarray] = None
+    is_metric: bool = False
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What :func:`~.pipeline.reconstruct` calls: see the module docstring."""
+
+    name: str
+    predicts_cameras: bool
+    has_gaussians: bool
+    is_metric: bool
+
+    def predict(self, chunk: ChunkInput) -> ChunkPrediction: ...
+
+
+def default_intrinsics(n: int, h: int, w: int) -> np.ndarray:
+    """Cameras for predictors that predict none: 60 degrees across the longer side, centred."""
+    f = max(h, w) / (2.0 * math.tan(math.radians(30.0)))
+    k = np.array([[f, 0.0, w / 2.0], [0.0, f, h / 2.0], [0.0, 0.0, 1.0]])
+    return np.tile(k, (n, 1, 1))
+
+
+def check_prediction(pred: ChunkPrediction, chunk: ChunkInput, name: str) -> ChunkPrediction:
+    """Shapes and dtypes of a predictor's answer, normalised; a mismatch is a ValueError naming
+    the predictor and the array."""
+    n, h, w = chunk.pixels.shape[:3]
+
+    def want(arr, shape, dtype, what):
+        a = np.asarray(arr)
+        if a.shape != shape:
+            raise ValueError(f"predictor {name}: {what} has shape {a.shape}, expected {shape}")
+        return a.astype(dtype, copy=False)
+
+    pred.depth = want(pred.depth, (n, h, w), np.float32, "depth")
+    ext = np.asarray(pred.extrinsics, np.float64)
+    if ext.shape == (n, 4, 4):
+        ext = ext[:, :3, :]
+    pred.extrinsics = want(ext, (n, 3, 4), np.float64, "extrinsics")
+    pred.intrinsics = want(pred.intrinsics, (n, 3, 3), np.float64, "intrinsics")
+    if pred.conf is not None:
+        pred.conf = want(pred.conf, (n, h, w), np.float32, "conf")
+    if pred.sky is not None:
+        pred.sky = want(pred.sky, (n, h, w), bool, "sky")
+    if pred.features is not None:
+        f = np.asarray(pred.features, np.float32)
+        if f.ndim != 2 or f.shape[0] != n:
+            raise ValueError(f"predictor {name}: features has shape {f.shape}, expected ({n}, d)")
+        pred.features = f
+    return pred
