@@ -14,6 +14,11 @@ Each step is also recorded as an affine map of continuous pixel coordinates (a r
 w to w' scales u by w'/w exactly; a crop by ``off`` subtracts it), so intrinsics can be
 carried to the processed images and back to the originals without rounding.
 
+Streaming (``images.iter_processed``) needs no pixels to know the sizes: :func:`resize_plan` /
+:func:`processed_size` give steps 1-2 from a photo's size alone (:func:`process_image` runs
+that same plan), :func:`crop_target` step 3's common size, and :func:`process_one` steps 1-3
+for one photo, bit-identical to :func:`process_images` on the whole list.
+
 Deliberate difference: in step 3 the official pipeline shifts K by ``delta // 2`` while
 torchvision's CenterCrop cuts at ``round(delta / 2)``; for some odd differences the two
 disagree by one pixel.  We cut where the official cuts (same pixels) and shift K by the
@@ -75,36 +80,85 @@ def check_method(process_res: int, process_res_method: str) -> None:
     ReconstructOptions(process_res=process_res, process_res_method=process_res_method)
 
 
+def resize_plan(h: int, w: int, process_res: int, process_res_method: str, name: str = "image"):
+    """Steps 1 and 2 for an h x w photo, from its size alone: the list of operations
+    (``("resize", w, h, new_w, new_h, enlarge)`` / ``("crop", left, top, new_w, new_h)``) and
+    the processed (h', w').  The one place the sizes are computed (:func:`process_image` runs
+    the plan, :func:`processed_size` returns its size)."""
+    steps = []
+    side = max(w, h) if process_res_method.startswith("upper") else min(w, h)
+    if side != process_res:
+        scale = process_res / float(side)
+        new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+        steps.append(("resize", w, h, new_w, new_h, scale > 1.0))
+        w, h = new_w, new_h
+    if process_res_method.endswith("resize"):
+        new_w, new_h = max(1, _nearest_multiple(w)), max(1, _nearest_multiple(h))
+        if (new_w, new_h) != (w, h):
+            steps.append(("resize", w, h, new_w, new_h, new_w > w or new_h > h))
+            w, h = new_w, new_h
+    else:
+        new_w, new_h = (w // PATCH) * PATCH, (h // PATCH) * PATCH
+        if (new_w, new_h) != (w, h):
+            steps.append(("crop", (w - new_w) // 2, (h - new_h) // 2, new_w, new_h))
+            w, h = new_w, new_h
+    if w < PATCH or h < PATCH:
+        raise UserInputError(f"{name}: the aspect ratio is too extreme: it processes to {w}x{h} pixels, "
+                             f"below one {PATCH}-pixel patch; crop it or raise process_res")
+    return steps, (h, w)
+
+
+def processed_size(h: int, w: int, process_res: int = 504, process_res_method: str = "upper_bound_resize",
+                   *, name: str = "image") -> Tuple[int, int]:
+    """(h', w') that :func:`process_image` gives an h x w photo (steps 1 and 2), from the size
+    alone; raises the same errors (a bad method, an aspect ratio too extreme)."""
+    check_method(process_res, process_res_method)
+    return resize_plan(int(h), int(w), process_res, process_res_method, name)[1]
+
+
+def _run_plan(pixels: np.ndarray, steps) -> ProcessedImage:
+    transform = np.eye(3)
+    for step in steps:
+        if step[0] == "resize":
+            _, w, h, new_w, new_h, enlarge = step
+            # the first resize may start from a reduced decode (fast_decode): the target is absolute
+            pixels = _resize(pixels, new_w, new_h, enlarge=enlarge)
+            transform = _scale_matrix(new_w / w, new_h / h) @ transform
+        else:
+            _, left, top, new_w, new_h = step
+            pixels = pixels[top:top + new_h, left:left + new_w]
+            transform = _shift_matrix(left, top) @ transform
+    return ProcessedImage(pixels=np.ascontiguousarray(pixels), transform=transform)
+
+
 def process_image(pixels: np.ndarray, process_res: int = 504,
                   process_res_method: str = "upper_bound_resize", name: str = "image") -> ProcessedImage:
     """Steps 1 and 2 for one (H, W, 3) uint8 RGB photo."""
     check_method(process_res, process_res_method)
     h, w = pixels.shape[:2]
-    transform = np.eye(3)
-    side = max(w, h) if process_res_method.startswith("upper") else min(w, h)
-    if side != process_res:
-        scale = process_res / float(side)
-        new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-        pixels = _resize(pixels, new_w, new_h, enlarge=scale > 1.0)
-        transform = _scale_matrix(new_w / w, new_h / h) @ transform
-        w, h = new_w, new_h
-    if process_res_method.endswith("resize"):
-        new_w, new_h = max(1, _nearest_multiple(w)), max(1, _nearest_multiple(h))
-        if (new_w, new_h) != (w, h):
-            pixels = _resize(pixels, new_w, new_h, enlarge=new_w > w or new_h > h)
-            transform = _scale_matrix(new_w / w, new_h / h) @ transform
-            w, h = new_w, new_h
-    else:
-        new_w, new_h = (w // PATCH) * PATCH, (h // PATCH) * PATCH
-        if (new_w, new_h) != (w, h):
-            left, top = (w - new_w) // 2, (h - new_h) // 2
-            pixels = pixels[top:top + new_h, left:left + new_w]
-            transform = _shift_matrix(left, top) @ transform
-            w, h = new_w, new_h
-    if w < PATCH or h < PATCH:
-        raise UserInputError(f"{name}: the aspect ratio is too extreme: it processes to {w}x{h} pixels, "
-                         f"below one {PATCH}-pixel patch; crop it or raise process_res")
-    return ProcessedImage(pixels=np.ascontiguousarray(pixels), transform=transform)
+    return _run_plan(pixels, resize_plan(h, w, process_res, process_res_method, name)[0])
+
+
+def crop_target(sizes) -> Tuple[int, int]:
+    """Step 3's common size: the smallest processed height and width of (h, w) ``sizes``."""
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    if len(sizes) == 0:
+        raise ValueError("crop_target: no sizes given")
+    return int(sizes[:, 0].min()), int(sizes[:, 1].min())
+
+
+def _crop_to(im: ProcessedImage, target_hw: Tuple[int, int], name: str = "image") -> ProcessedImage:
+    """Step 3 for one image: centre-crop to ``target_hw`` (torchvision's CenterCrop offset)."""
+    h, w = im.pixels.shape[:2]
+    min_h, min_w = target_hw
+    if (h, w) == (min_h, min_w):
+        return im
+    if h < min_h or w < min_w:
+        raise ValueError(f"{name}: processed to {w}x{h} pixels, smaller than the common {min_w}x{min_h}")
+    # torchvision's CenterCrop offset: int(round(delta / 2.0)), half to even
+    top, left = int(round((h - min_h) / 2.0)), int(round((w - min_w) / 2.0))
+    pixels = im.pixels[top:top + min_h, left:left + min_w]
+    return ProcessedImage(np.ascontiguousarray(pixels), _shift_matrix(left, top) @ im.transform)
 
 
 def unify_sizes(images: Sequence[ProcessedImage]) -> List[ProcessedImage]:
@@ -112,16 +166,22 @@ def unify_sizes(images: Sequence[ProcessedImage]) -> List[ProcessedImage]:
     sizes = {im.pixels.shape[:2] for im in images}
     if len(sizes) <= 1:
         return list(images)
-    min_h = min(s[0] for s in sizes)
-    min_w = min(s[1] for s in sizes)
-    out = []
-    for im in images:
-        h, w = im.pixels.shape[:2]
-        # torchvision's CenterCrop offset: int(round(delta / 2.0)), half to even
-        top, left = int(round((h - min_h) / 2.0)), int(round((w - min_w) / 2.0))
-        pixels = im.pixels[top:top + min_h, left:left + min_w]
-        out.append(ProcessedImage(np.ascontiguousarray(pixels), _shift_matrix(left, top) @ im.transform))
-    return out
+    target = crop_target(sorted(sizes))
+    return [_crop_to(im, target) for im in images]
+
+
+def process_one(pixels: np.ndarray, process_res: int, process_res_method: str, target_hw: Tuple[int, int],
+                name: str = "image", *, size_hw: Optional[Tuple[int, int]] = None) -> ProcessedImage:
+    """Steps 1-3 for one photo, given step 3's common size ``target_hw`` (:func:`crop_target`
+    of every photo's :func:`processed_size`): the pixels and transform :func:`process_images`
+    gives this photo in the whole batch.  ``size_hw``: the photo's true upright size when
+    ``pixels`` is a reduced decode of it (the plan and the transform follow the true size)."""
+    check_method(process_res, process_res_method)
+    h, w = size_hw if size_hw is not None else pixels.shape[:2]
+    steps = resize_plan(int(h), int(w), process_res, process_res_method, name)[0]
+    if pixels.shape[:2] != (h, w) and (not steps or steps[0][0] != "resize"):
+        raise ValueError(f"{name}: pixels of {pixels.shape[1]}x{pixels.shape[0]} cannot stand for {w}x{h}")
+    return _crop_to(_run_plan(pixels, steps), target_hw, name)
 
 
 def process_images(images: Sequence[np.ndarray], process_res: int = 504,
