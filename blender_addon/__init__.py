@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Depth Anything 3 for Blender: import DA3 reconstructions (.npz scene files) and reconstruct
+"""Depth Anything 3 for Blender: import DA3 reconstructions (.npz scene files or scene folders:
+pick the folder's scene.json) and reconstruct
 photos through a ``da3p worker`` process of the user's own Python environment.
 
 The add-on needs only bpy and numpy (no torch); the scene-file reader, the camera
@@ -21,14 +22,14 @@ from ._vendor.options import PRECISIONS, REF_VIEW_STRATEGIES, RESIZE_METHODS, Re
 
 
 class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
-    """Import a Depth Anything 3 reconstruction: cameras with their photos, coloured points"""
+    """Import a Depth Anything 3 reconstruction (.npz, or a scene folder's scene.json): cameras with their photos, coloured points"""
 
     bl_idname = "import_scene.da3_npz"
     bl_label = "Import DA3 Reconstruction"
     bl_options = {"REGISTER", "UNDO", "PRESET"}
 
     filename_ext = ".npz"
-    filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
+    filter_glob: StringProperty(default="*.npz;scene.json", options={"HIDDEN"})
     directory: StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
     cameras: BoolProperty(name="Cameras", default=True, description="One camera per view with exact intrinsics")
     background: BoolProperty(name="Photos as Backgrounds", default=True,
@@ -51,6 +52,8 @@ class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
         from .importer import build_scene
 
         path = Path(self.filepath)
+        if path.name == "scene.json":  # a scene folder is picked by its scene.json
+            path = path.parent
         start = time.perf_counter()
         try:
             rec = Reconstruction.load(path)
@@ -396,7 +399,7 @@ class DA3_AddonPreferences(bpy.types.AddonPreferences):
 
 
 def _menu_import(self, context):
-    self.layout.operator(DA3_OT_import_scene.bl_idname, text="DA3 Reconstruction (.npz)")
+    self.layout.operator(DA3_OT_import_scene.bl_idname, text="DA3 Reconstruction (.npz, scene.json)")
 
 
 CLASSES = (DA3_OT_import_scene, DA3_FH_import_scene, DA3_OT_toggle_cameras, DA3_OT_reconstruct, DA3_OT_stop_worker,

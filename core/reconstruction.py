@@ -8,16 +8,14 @@ Conventions (see ``docs/conventions.md``): depth is z-depth along the optical ax
 OpenCV world-to-camera ``(N, 3, 4)``; intrinsics are in pixels of the *processed* images, in
 continuous coordinates (the centre of pixel (col i, row j) is (i + 0.5, j + 0.5)).
 
-The scene file (``.npz``) is described in ``docs/scene-file.md``.
+The scene file (an ``.npz`` or a folder of ``.npy`` arrays, ``core/scene_io.py``) is described
+in ``docs/scene-file.md``.  A scene read from a folder holds read-only memory maps: nothing here
+writes into its arrays.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -26,24 +24,22 @@ import numpy as np
 
 try:  # inside the package
     from . import conventions as _conv
+    from . import scene_io as _io
     from .points import AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points, resolve_conf_threshold
-    from .errors import UserInputError
     from .options import SceneOptions
+    from .scene_io import SCHEMA_NAME, SCHEMA_VERSION, SceneFileError, SceneWriter, atomic_folder, atomic_path
 except ImportError:  # copied as plain modules (the Blender extension)
     import conventions as _conv  # type: ignore[no-redef]
+    import scene_io as _io  # type: ignore[no-redef]
     from points import (AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points,  # type: ignore[no-redef]
                         resolve_conf_threshold)
-    from errors import UserInputError  # type: ignore[no-redef]
     from options import SceneOptions  # type: ignore[no-redef]
-
-SCHEMA_NAME = "da3-plugins.reconstruction"
-SCHEMA_VERSION = 1
+    from scene_io import (SCHEMA_NAME, SCHEMA_VERSION, SceneFileError, SceneWriter,  # type: ignore[no-redef]
+                          atomic_folder, atomic_path)
 
 PathLike = Union[str, os.PathLike]
-
-
-class SceneFileError(UserInputError):
-    """A scene file that cannot be read: wrong schema, newer version, missing or bad arrays."""
+VIEW_BLOCK_PIXELS = 1 << 22
+"""Whole-scene work (points, samples) goes through blocks of views of about this many pixels."""
 
 
 @dataclass
@@ -64,26 +60,26 @@ class GaussianSet:
     view: Optional[np.ndarray] = None  # (G,) int32 source view of each Gaussian
 
     def __post_init__(self) -> None:
-        self.means = np.asarray(self.means, dtype=np.float32)
+        self.means = np.asanyarray(self.means, dtype=np.float32)
         g = self.means.shape[0] if self.means.ndim == 2 else -1
         checks = {
             "means": (self.means, (g, 3)),
-            "scales": (np.asarray(self.scales, dtype=np.float32), (g, 3)),
-            "rotations": (np.asarray(self.rotations, dtype=np.float32), (g, 4)),
-            "opacities": (np.asarray(self.opacities, dtype=np.float32), (g,)),
+            "scales": (np.asanyarray(self.scales, dtype=np.float32), (g, 3)),
+            "rotations": (np.asanyarray(self.rotations, dtype=np.float32), (g, 4)),
+            "opacities": (np.asanyarray(self.opacities, dtype=np.float32), (g,)),
         }
         for name, (arr, shape) in checks.items():
             if arr.shape != shape:
                 raise ValueError(f"gaussians.{name}: expected shape {shape}, got {arr.shape}")
             setattr(self, name, arr)
-        self.harmonics = np.asarray(self.harmonics, dtype=np.float32)
+        self.harmonics = np.asanyarray(self.harmonics, dtype=np.float32)
         if self.harmonics.ndim != 3 or self.harmonics.shape[:2] != (g, 3):
             raise ValueError(f"gaussians.harmonics: expected shape ({g}, 3, K), got {self.harmonics.shape}")
         k = self.harmonics.shape[2]
         if int(round(k**0.5)) ** 2 != k:
             raise ValueError(f"gaussians.harmonics: {k} coefficients is not a square (degree+1)^2")
         if self.view is not None:
-            self.view = np.asarray(self.view, dtype=np.int32)
+            self.view = np.asanyarray(self.view, dtype=np.int32)
             if self.view.shape != (g,):
                 raise ValueError(f"gaussians.view: expected shape ({g},), got {self.view.shape}")
 
@@ -150,7 +146,7 @@ class Reconstruction:
     options: SceneOptions = field(default_factory=SceneOptions)
 
     def __post_init__(self) -> None:
-        images = np.asarray(self.images)
+        images = np.asanyarray(self.images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images: expected (N, H, W, 3) uint8, got shape {images.shape}")
         if images.dtype != np.uint8:
@@ -158,7 +154,7 @@ class Reconstruction:
         n, h, w = images.shape[:3]
         self.images = images
         self.depth = _checked(self.depth, (n, h, w), np.float32, "depth")
-        ext = np.asarray(self.extrinsics)
+        ext = np.asanyarray(self.extrinsics)
         if ext.shape == (n, 4, 4):
             ext = ext[:, :3, :]
         self.extrinsics = _checked(ext, (n, 3, 4), np.float64, "extrinsics")
@@ -237,13 +233,17 @@ class Reconstruction:
         (:func:`core.points.auto_conf_threshold`)."""
         return auto_conf_threshold(self.conf, percentile)
 
-    def valid_mask(self, conf_threshold: Optional[float] = None, drop_sky: bool = True) -> np.ndarray:
-        """(N, H, W) bool: finite positive depth, conf >= threshold, not sky (when known)."""
-        mask = np.isfinite(self.depth) & (self.depth > 0)
+    def valid_mask(self, conf_threshold: Optional[float] = None, drop_sky: bool = True,
+                   views: Union[None, slice, List[int]] = None) -> np.ndarray:
+        """(N, H, W) bool: finite positive depth, conf >= threshold, not sky (when known);
+        ``views`` (a slice or indices) gives only those views' rows."""
+        sel = slice(None) if views is None else views
+        depth = self.depth[sel]
+        mask = np.isfinite(depth) & (depth > 0)
         if conf_threshold is not None and self.conf is not None:
-            mask &= self.conf >= conf_threshold
+            mask &= self.conf[sel] >= conf_threshold
         if drop_sky and self.sky is not None:
-            mask &= ~self.sky
+            mask &= ~self.sky[sel]
         return mask
 
     def camera_points(self) -> np.ndarray:
@@ -273,38 +273,69 @@ class Reconstruction:
         for i in idx:
             if not 0 <= i < self.num_views:
                 raise ValueError(f"views: index {i} out of range for {self.num_views} views")
-        mask = self.valid_mask(conf_threshold, drop_sky)[idx][:, ::stride, ::stride]
-        world = depth_to_points(self.depth[idx], self.intrinsics[idx], self.extrinsics[idx], stride=stride)
-        view = np.broadcast_to(np.asarray(idx, dtype=np.int32)[:, None, None], mask.shape)
-        conf = (self.conf[idx][:, ::stride, ::stride] if self.conf is not None
-                else np.ones(mask.shape, dtype=np.float32))
-        return PointCloud(
-            positions=np.ascontiguousarray(world[mask]),
-            colors=np.ascontiguousarray(self.images[idx][:, ::stride, ::stride][mask]),
-            confidence=np.ascontiguousarray(conf[mask].astype(np.float32)),
-            view=np.ascontiguousarray(view[mask]),
-        )
+        parts = []
+        block = max(1, VIEW_BLOCK_PIXELS // (self.height * self.width))  # views at a time: bounded memory
+        for b in range(0, max(len(idx), 1), block):
+            sel = idx[b:b + block]
+            if sel and sel == list(range(sel[0], sel[-1] + 1)):
+                sel = slice(sel[0], sel[-1] + 1)  # a range: memory maps are read, not copied whole
+            mask = self.valid_mask(conf_threshold, drop_sky, views=sel)[:, ::stride, ::stride]
+            world = depth_to_points(self.depth[sel], self.intrinsics[sel], self.extrinsics[sel], stride=stride)
+            view = np.broadcast_to(np.arange(self.num_views, dtype=np.int32)[sel][:, None, None], mask.shape)
+            conf = (self.conf[sel][:, ::stride, ::stride] if self.conf is not None
+                    else np.ones(mask.shape, dtype=np.float32))
+            parts.append((world[mask], self.images[sel][:, ::stride, ::stride][mask],
+                          conf[mask].astype(np.float32), view[mask]))
+        return PointCloud(*(np.ascontiguousarray(np.concatenate([p[k] for p in parts])) for k in range(4)))
+
+    def sample_points(self, max_points: int, conf_threshold: Optional[float] = None, stride: int = 1,
+                      seed: int = 0, finite: bool = False) -> Tuple[PointCloud, int]:
+        """``(sample, total)``: :meth:`points` (with ``finite``, only finite positions), and above
+        ``max_points`` a random subset in their order (``default_rng(seed).choice`` of the
+        indices, sorted); ``total`` is the number of points sampled from.
+
+        A large scene is done in two passes over blocks of views, with the same result: only
+        the sample is held in memory (a scene of memory maps stays on disk)."""
+        thr = resolve_conf_threshold(conf_threshold, self.conf)
+        block = max(1, VIEW_BLOCK_PIXELS // (self.height * self.width))
+        blocks = [list(range(b, min(b + block, self.num_views))) for b in range(0, self.num_views, block)]
+
+        def cloud_of(views: List[int]) -> PointCloud:
+            c = self.points(thr, stride, views=views)
+            return _subset(c, np.isfinite(c.positions).all(1)) if finite else c
+
+        held = [cloud_of(blocks[0])] if len(blocks) == 1 else None
+        counts = [len(c) for c in held] if held else [len(cloud_of(b)) for b in blocks]
+        total = sum(counts)
+        pick = (np.sort(np.random.default_rng(seed).choice(total, int(max_points), replace=False))
+                if total > max_points else None)
+        parts, start = [], 0
+        for j, views in enumerate(blocks):
+            c = held[j] if held else cloud_of(views)
+            if pick is not None:
+                lo, hi = np.searchsorted(pick, [start, start + counts[j]])
+                c = _subset(c, pick[lo:hi] - start)
+            parts.append(c)
+            start += counts[j]
+        return PointCloud(*(np.concatenate([getattr(p, f) for p in parts])
+                            for f in ("positions", "colors", "confidence", "view"))), total
 
     # ------------------------------------------------------------------ scene file
 
-    def save(self, path: PathLike) -> Path:
-        """Write the scene file (``.npz``, compressed) atomically; returns the path."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
+    def save(self, path: PathLike, form: str = "auto") -> Path:
+        """Write the scene (atomically); returns the path written.
+
+        ``form="npz"``: one compressed ``.npz`` (appended to ``path`` unless it ends so).
+        ``form="folder"``: a folder at ``path`` of ``scene.json`` and one ``.npy`` per array
+        (fast, uncompressed, read back memory-mapped: for scenes larger than memory).
+        ``form="auto"``: a folder when ``path`` is an existing scene folder, else npz (so
+        ``save("x")`` writes ``x.npz``).  See ``docs/scene-file.md``."""
+        target, form = _io.save_target(path, form)
+        header = _io.header_of(self.image_names, self.is_metric, self.model, self.options)
         arrays: Dict[str, np.ndarray] = {
-            "schema": np.array(SCHEMA_NAME),
-            "schema_version": np.array(SCHEMA_VERSION, dtype=np.int64),
-            "images": self.images,
-            "depth": self.depth,
-            "extrinsics": self.extrinsics,
-            "intrinsics": self.intrinsics,
-            "original_sizes": self.original_sizes,
+            "images": self.images, "depth": self.depth, "extrinsics": self.extrinsics,
+            "intrinsics": self.intrinsics, "original_sizes": self.original_sizes,
             "pixel_transform": self.pixel_transform,
-            "image_names": np.array(self.image_names, dtype=np.str_),
-            "is_metric": np.array(self.is_metric),
-            "model": np.array(self.model),
-            "options_json": np.array(json.dumps(self.options.to_saved(), sort_keys=True, default=_json_default)),
         }
         if self.conf is not None:
             arrays["conf"] = self.conf
@@ -316,61 +347,50 @@ class Reconstruction:
                           gs_harmonics=g.harmonics, gs_opacities=g.opacities)
             if g.view is not None:
                 arrays["gs_view"] = g.view
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-        return path
+        if form == "folder":
+            return _io.write_folder(target, header, arrays)
+        return _io.write_npz(target, header, arrays)
 
     @classmethod
-    def load(cls, path: PathLike) -> "Reconstruction":
-        """Read a scene file; raises :class:`SceneFileError` naming the file on any problem."""
-        path = Path(path)
-        if not path.is_file():
-            raise SceneFileError(f"{path}: no such scene file")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-            raise SceneFileError(f"{path}: not a readable .npz scene file ({exc})") from None
-        schema = str(arrays.get("schema", ""))
-        if schema != SCHEMA_NAME:
-            raise SceneFileError(f"{path}: not a da3-plugins scene file (schema {schema or 'missing'!r})")
-        version = int(arrays.get("schema_version", -1))
-        if version > SCHEMA_VERSION:
-            raise SceneFileError(
-                f"{path}: scene file schema version {version} is newer than this da3-plugins reads "
-                f"({SCHEMA_VERSION}); upgrade da3-plugins")
-        if version < 1:
-            raise SceneFileError(f"{path}: bad schema version {version}")
-        for key in ("images", "depth", "extrinsics", "intrinsics"):
-            if key not in arrays:
-                raise SceneFileError(f"{path}: the array {key!r} is missing")
+    def load(cls, path: PathLike, mmap: bool = True) -> "Reconstruction":
+        """Read a scene: an ``.npz`` file, or a scene folder (or its ``scene.json``).
+
+        From a folder, with ``mmap`` (the default), the per-pixel arrays and the Gaussians are
+        read-only memory maps (``numpy.memmap``): nothing is read until used.  Raises
+        :class:`SceneFileError` naming the file or folder (and the array) on any problem."""
+        path, header, arrays = _io.read_scene(path, mmap)
         gaussians = None
         if "gs_means" in arrays:
+            for key in ("gs_scales", "gs_rotations", "gs_harmonics", "gs_opacities"):
+                if key not in arrays:
+                    raise SceneFileError(f"{path}: the array {key!r} is missing (gs_means is there)")
             try:
                 gaussians = GaussianSet(arrays["gs_means"], arrays["gs_scales"], arrays["gs_rotations"],
                                         arrays["gs_harmonics"], arrays["gs_opacities"], arrays.get("gs_view"))
-            except (KeyError, ValueError) as exc:
+            except ValueError as exc:
                 raise SceneFileError(f"{path}: bad Gaussians ({exc})") from None
         try:
-            options = SceneOptions.from_saved(json.loads(str(arrays.get("options_json", "{}"))))
             return cls(
                 images=arrays["images"], depth=arrays["depth"], extrinsics=arrays["extrinsics"],
                 intrinsics=arrays["intrinsics"], conf=arrays.get("conf"),
                 original_sizes=arrays.get("original_sizes"), pixel_transform=arrays.get("pixel_transform"),
-                image_names=[str(x) for x in arrays.get("image_names", [])], sky=arrays.get("sky"),
-                gaussians=gaussians, is_metric=bool(arrays.get("is_metric", False)),
-                model=str(arrays.get("model", "")), options=options,
+                image_names=header["image_names"], sky=arrays.get("sky"), gaussians=gaussians,
+                is_metric=header["is_metric"], model=header["model"],
+                options=SceneOptions.from_saved(header["options"]),
             )
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise SceneFileError(f"{path}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------- helpers
 
 
+def _subset(c: PointCloud, sel) -> PointCloud:
+    return PointCloud(c.positions[sel], c.colors[sel], c.confidence[sel], c.view[sel])
+
+
 def _checked(arr, shape: Tuple[int, ...], dtype, name: str) -> np.ndarray:
-    a = np.asarray(arr)
+    a = np.asanyarray(arr)
     if a.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {a.shape}")
     if dtype is np.bool_:
@@ -386,69 +406,5 @@ def _checked(arr, shape: Tuple[int, ...], dtype, name: str) -> np.ndarray:
     return a.astype(dtype, copy=False)
 
 
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"option value {obj!r} is not JSON-serialisable")
-
-
-class atomic_path:
-    """Context manager yielding a temporary path beside ``path``; renamed onto it on success,
-    removed on any error (so an interrupted write leaves nothing behind)."""
-
-    def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            os.chmod(self.tmp, 0o644)
-            os.replace(self.tmp, self.path)
-        else:
-            try:
-                self.tmp.unlink()
-            except FileNotFoundError:
-                pass
-        return False
-
-
-class atomic_folder:
-    """Context manager yielding a temporary folder beside ``path``; on success it replaces
-    ``path`` (an existing folder only with ``overwrite``), on any error it is removed."""
-
-    def __init__(self, path: PathLike, overwrite: bool = True) -> None:
-        self.path = Path(path)
-        self.overwrite = overwrite
-
-    def __enter__(self) -> Path:
-        if self.path.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.path}: exists (pass overwrite=True to replace it)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        os.chmod(self.tmp, 0o755)
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.path)
-        return False
+__all__ = ["GaussianSet", "PointCloud", "Reconstruction", "SCHEMA_NAME", "SCHEMA_VERSION", "SceneFileError",
+           "SceneWriter", "atomic_folder", "atomic_path"]

@@ -3,9 +3,11 @@ from Depth Anything 3.
 
     ns-train splatfacto da3-data --data photos/ --model /path/to/DA3-MODEL
     ns-train nerfacto   da3-data --data scene.npz          # a saved DA3 scene
+    ns-train nerfacto   da3-data --data da3-out/           # da3p's output folder (scene/ or scene.npz)
 
-``--data`` is a folder of images, a video, or a scene file (``.npz``) written by
-``da3p reconstruct``.  DA3 runs once through the core and its result is cached on disk under
+``--data`` is a folder of images, a video, a scene (``.npz`` or a scene folder) written by
+``da3p reconstruct``, or a folder holding one as ``scene/`` or ``scene.npz`` (such a folder is
+read as that scene even when it holds pictures too).  DA3 runs once through the core and its result is cached on disk under
 ``<data>/.da3_cache/<key>/`` (or ``--cache-dir``), keyed by the images (names, sizes, times),
 the model and the options, so a second run does not recompute.  Poses go through the core's
 conventions module (OpenGL camera-to-world), then nerfstudio's usual orientation, centring and
@@ -37,6 +39,7 @@ from da3_plugins.core import conventions as conv
 from da3_plugins.core.model_source import DEFAULT_MODEL
 from da3_plugins.core.options import ReconstructOptions
 from da3_plugins.core.reconstruction import Reconstruction
+from da3_plugins.core.scene_io import SCENE_JSON, find_scene
 from da3_plugins.core.seeds import dedupe_views, seed_scales
 
 CACHE_VERSION = 2
@@ -53,7 +56,7 @@ class DA3DataParserConfig(DataParserConfig):
 
     _target: Type = field(default_factory=lambda: DA3DataParser)
     data: Path = Path()
-    """A folder of images, a video, or a DA3 scene file (.npz)."""
+    """A folder of images, a video, a DA3 scene (.npz or scene folder), or a folder holding scene/ or scene.npz."""
     model: str = DEFAULT_MODEL
     """DA3 model: a folder with config.json + model.safetensors, a .safetensors file, or a hub id."""
     device: str = "auto"
@@ -109,10 +112,20 @@ class DA3DataParser(DataParser):
 
     # ------------------------------------------------------------------ DA3 result (cached)
 
+    def _scene(self) -> Optional[Path]:
+        """The saved scene ``--data`` names (a file, a scene folder, a folder holding one), or None."""
+        data = Path(self.config.data)
+        if data.is_file() and data.suffix != ".npz" and data.name != SCENE_JSON:
+            return None  # a video
+        return find_scene(data)
+
     def _cache_root(self) -> Path:
         data = Path(self.config.data)
         if self.config.cache_dir is not None:
             return Path(self.config.cache_dir)
+        scene = self._scene()
+        if scene is not None:  # beside the scene, never inside a scene folder
+            return scene.parent / ".da3_cache"
         return (data if data.is_dir() else data.parent) / ".da3_cache"
 
     def _key(self, files: List[Path]) -> str:
@@ -131,9 +144,10 @@ class DA3DataParser(DataParser):
         data = Path(self.config.data)
         if not data.exists():
             raise ValueError(f"--data {data}: no such file or folder")
-        if data.suffix == ".npz":
-            rec = Reconstruction.load(data)  # SceneFileError names the file
-            return rec, self._write_images(rec, self._cache_root() / f"{data.stem}-images"), False
+        scene = self._scene()
+        if scene is not None or data.suffix == ".npz":
+            rec = Reconstruction.load(scene or data)  # SceneFileError names the file or folder
+            return rec, self._write_images(rec, self._cache_root() / f"{(scene or data).stem}-images"), False
         if data.is_dir():
             files = list_images(data)
             if not files:
@@ -249,11 +263,14 @@ class DA3DataParser(DataParser):
         )
 
     def _write_depth(self, rec: Reconstruction):
-        from da3_plugins.core.export.nerfstudio import depth_to_uint16
+        from da3_plugins.core.export.depth_images import default_depth_unit, depth_to_uint16, largest_depth
 
-        folder = self._cache_root() / f"depth-{hashlib.sha1(rec.depth.tobytes()).hexdigest()[:12]}"
+        key = hashlib.sha1()
+        for depth in rec.depth:  # view by view: a scene of memory maps stays on disk
+            key.update(np.ascontiguousarray(depth).tobytes())
+        folder = self._cache_root() / f"depth-{key.hexdigest()[:12]}"
         folder.mkdir(parents=True, exist_ok=True)
-        _, unit = depth_to_uint16(rec.depth)
+        unit = default_depth_unit(largest_depth(rec, drop_sky=False))
         paths = []
         for name, depth in zip(rec.image_names, rec.depth):
             path = folder / f"{name}.png"

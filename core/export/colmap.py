@@ -60,15 +60,30 @@ def image_file_names(rec: Reconstruction) -> List[str]:
 
 
 def _build(rec: Reconstruction, conf_threshold, stride: int, max_points: int, seed: int) -> _Model:
-    mask = rec.valid_mask(resolve_conf_threshold(conf_threshold, rec.conf))[:, ::stride, ::stride]
-    v, row, col = np.nonzero(mask)  # indices into the strided grid
-    if len(v) == 0:
+    thr = resolve_conf_threshold(conf_threshold, rec.conf)
+
+    def mask(i: int) -> np.ndarray:  # view by view (two passes): memory holds the picked points only
+        return rec.valid_mask(thr, views=slice(i, i + 1))[0, ::stride, ::stride]
+
+    counts = np.array([int(mask(i).sum()) for i in range(rec.num_views)], np.int64)
+    total = int(counts.sum())
+    if total == 0:
         raise OptionError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
-    if len(v) > max_points:
-        pick = np.sort(np.random.default_rng(seed).choice(len(v), max_points, replace=False))
-        v, row, col = v[pick], row[pick], col[pick]
-    # the pixel centres back-projected, in float64: every point reprojects onto its pixel to 1e-6 px
-    xyz = depth_to_points(rec.depth, rec.intrinsics, rec.extrinsics, stride=stride, dtype=np.float64)[v, row, col]
+    pick = np.sort(np.random.default_rng(seed).choice(total, max_points, replace=False)) if total > max_points else None
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    vs, rows, cols, xyzs = [], [], [], []
+    for i in range(rec.num_views):
+        r, c = np.nonzero(mask(i))  # indices into the strided grid
+        if pick is not None:
+            lo, hi = np.searchsorted(pick, starts[i:i + 2])
+            r, c = r[pick[lo:hi] - starts[i]], c[pick[lo:hi] - starts[i]]
+        # the pixel centres back-projected, in float64: every point reprojects onto its pixel to 1e-6 px
+        xyzs.append(depth_to_points(rec.depth[i], rec.intrinsics[i], rec.extrinsics[i], stride=stride,
+                                    dtype=np.float64)[r, c])
+        vs.append(np.full(len(r), i, np.int64))
+        rows.append(r)
+        cols.append(c)
+    v, row, col, xyz = (np.concatenate(x) for x in (vs, rows, cols, xyzs))
     row, col = row * stride, col * stride
     u_grid, v_grid = conv.pixel_centres(rec.height, rec.width)
     pix = np.stack([u_grid[row, col], v_grid[row, col], np.ones(len(v))], -1)  # (P, 3) continuous coordinates

@@ -102,15 +102,32 @@ def depth_to_uint16(depth: np.ndarray, unit: Optional[float] = None) -> Tuple[np
     """
     depth = np.asarray(depth)
     valid = np.isfinite(depth) & (depth > 0)
-    top = float(depth[valid].max()) if valid.any() else 1.0
     if unit is None:
-        unit = DEFAULT_DEPTH_UNIT if top / DEFAULT_DEPTH_UNIT <= 65535 else top / 65535.0
+        unit = default_depth_unit(float(depth[valid].max()) if valid.any() else 1.0)
     unit = float(unit)
     if not np.isfinite(unit) or unit <= 0:
         raise ValueError(f"unit: expected a positive number, got {unit!r}")
     q = np.zeros(depth.shape, np.uint16)
     q[valid] = np.clip(np.round(depth[valid].astype(np.float64) / unit), 1, 65535).astype(np.uint16)
     return q, unit
+
+
+def default_depth_unit(top: float) -> float:
+    """The 16-bit depth step for depths up to ``top``: :data:`DEFAULT_DEPTH_UNIT`, or
+    ``top / 65535`` when that would overflow."""
+    return DEFAULT_DEPTH_UNIT if top / DEFAULT_DEPTH_UNIT <= 65535 else top / 65535.0
+
+
+def largest_depth(rec: Reconstruction, drop_sky: bool = True) -> float:
+    """The largest valid depth (finite, positive, not sky with ``drop_sky``), view by view
+    (a scene of memory maps stays on disk); 1.0 when there is none."""
+    top = None
+    for i in range(rec.num_views):
+        ok = rec.valid_mask(None, drop_sky, views=slice(i, i + 1))[0]
+        if ok.any():
+            m = float(rec.depth[i][ok].max())
+            top = m if top is None else max(top, m)
+    return 1.0 if top is None else top
 
 
 def uint16_to_depth(values: np.ndarray, unit: float) -> np.ndarray:
@@ -159,18 +176,18 @@ def write_depth_images(folder: PathLike, rec: Reconstruction, *, colour: bool = 
         ``folder``.
     """
     folder = Path(folder)
-    valid = rec.valid_mask(None, drop_sky=True)
     with atomic_folder(folder, overwrite) as tmp:
         if raw16:
-            _, unit = depth_to_uint16(rec.depth[valid], unit)
-        for i, stem in enumerate(file_stems(rec)):
-            coloured = colorize_depth(rec.depth[i], valid[i])
+            unit = default_depth_unit(largest_depth(rec)) if unit is None else float(unit)
+        for i, stem in enumerate(file_stems(rec)):  # view by view: memory maps stay on disk
+            valid = rec.valid_mask(None, drop_sky=True, views=slice(i, i + 1))[0]
+            coloured = colorize_depth(rec.depth[i], valid)
             if colour:
                 Image.fromarray(coloured).save(tmp / f"{stem}_depth.png")
                 if rec.conf is not None:
-                    Image.fromarray(colorize_confidence(rec.conf[i], valid[i])).save(tmp / f"{stem}_conf.png")
+                    Image.fromarray(colorize_confidence(rec.conf[i], valid)).save(tmp / f"{stem}_conf.png")
             if raw16:
-                q, _ = depth_to_uint16(np.where(valid[i], rec.depth[i], np.nan), unit)
+                q, _ = depth_to_uint16(np.where(valid, rec.depth[i], np.nan), unit)
                 Image.fromarray(q).save(tmp / f"{stem}_depth16.png")
             if preview:
                 Image.fromarray(np.concatenate([rec.images[i], coloured], 1)).save(tmp / f"{stem}_preview.png")

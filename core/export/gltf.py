@@ -95,15 +95,10 @@ def frustum_segments(rec: Reconstruction, size: float) -> np.ndarray:
 def _points(rec: Reconstruction, conf_threshold, stride: int, max_points: int,
             seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """(P, 3) float64 world points and (P, 3) uint8 colours, filtered, finite, subsampled."""
-    cloud = rec.points(conf_threshold=conf_threshold, stride=stride)
-    finite = np.isfinite(cloud.positions).all(1)
-    pos, col = cloud.positions[finite].astype(np.float64), cloud.colors[finite]
-    if len(pos) == 0:
+    cloud, total = rec.sample_points(max_points, conf_threshold, stride, seed, finite=True)  # view by view
+    if total == 0:
         raise OptionError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
-    if len(pos) > max_points:
-        pick = np.sort(np.random.default_rng(seed).choice(len(pos), max_points, replace=False))
-        pos, col = pos[pick], col[pick]
-    return pos, col
+    return cloud.positions.astype(np.float64), cloud.colors
 
 
 def write_glb(path: PathLike, rec: Reconstruction, *, conf_threshold: Union[None, float, str] = "auto",

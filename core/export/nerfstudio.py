@@ -31,7 +31,7 @@ from PIL import Image
 
 from .. import conventions as conv
 from ..reconstruction import Reconstruction, atomic_folder
-from .depth_images import depth_to_uint16, file_stems
+from .depth_images import default_depth_unit, depth_to_uint16, file_stems, largest_depth
 from .ply import write_point_ply
 
 PathLike = Union[str, os.PathLike]
@@ -70,8 +70,7 @@ def write_nerfstudio(folder: PathLike, rec: Reconstruction, *, images: bool = Tr
     folder = Path(folder)
     stems = file_stems(rec)
     c2w = conv.opencv_w2c_to_opengl_c2w(rec.extrinsics)
-    valid = rec.valid_mask(None, drop_sky=True)
-    unit = depth_to_uint16(rec.depth[valid])[1] if depth else None
+    unit = default_depth_unit(largest_depth(rec)) if depth else None
     with atomic_folder(folder, overwrite) as tmp:
         if points:  # first: the most likely to fail (threshold too high)
             write_point_ply(tmp / "sparse_pc.ply", rec, conf_threshold=conf_threshold, stride=point_stride)
@@ -91,7 +90,8 @@ def write_nerfstudio(folder: PathLike, rec: Reconstruction, *, images: bool = Tr
             if images:
                 Image.fromarray(rec.images[i]).save(tmp / "images" / f"{stem}.png")
             if depth:
-                q, _ = depth_to_uint16(np.where(valid[i], rec.depth[i], np.nan), unit)
+                valid = rec.valid_mask(None, drop_sky=True, views=slice(i, i + 1))[0]
+                q, _ = depth_to_uint16(np.where(valid, rec.depth[i], np.nan), unit)
                 Image.fromarray(q).save(tmp / "depth" / f"{stem}.png")
                 frame["depth_file_path"] = f"depth/{stem}.png"
             frames.append(frame)

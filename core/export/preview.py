@@ -27,13 +27,9 @@ def points_as_gaussians(rec: Reconstruction, conf_threshold="auto", max_points: 
     (:func:`core.seeds.seed_scales` with :data:`PREVIEW_FOOTPRINT`), with the pixel's colour (SH degree 0) and opacity 0.95.
     Above ``max_points`` a random subset is kept, and the seed rule widens each Gaussian by the
     square root of the thinning, so surfaces stay closed."""
-    cloud = rec.points(conf_threshold=conf_threshold)
+    cloud, total = rec.sample_points(max_points, conf_threshold, seed=seed)  # view by view
     pts, colors, view = cloud.positions.astype(np.float64), cloud.colors, cloud.view
-    density = 1.0
-    if len(pts) > max_points:
-        density = max_points / len(pts)
-        pick = np.sort(np.random.default_rng(seed).choice(len(pts), max_points, replace=False))
-        pts, colors, view = pts[pick], colors[pick], view[pick]
+    density = max_points / total if total > max_points else 1.0
     scale = seed_scales(pts, view, rec.extrinsics, rec.intrinsics, density, footprint=PREVIEW_FOOTPRINT)
     g = len(pts)
     return GaussianSet(means=pts, scales=np.repeat(scale[:, None], 3, 1), rotations=np.tile([1.0, 0, 0, 0], (g, 1)),

@@ -3,6 +3,7 @@ pure-PyTorch rasteriser (any device, no gsplat) and written with OpenCV (mp4v)."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -66,6 +67,10 @@ def write_gaussian_video(path: PathLike, rec: Reconstruction, *, frames: int = 4
     h = max(2, int(round(rec.height * scale / 2)) * 2)
     k = conv.rescale_intrinsics(rec.intrinsics[0], (rec.height, rec.width), (h, w))
     poses = camera_path(rec.extrinsics, frames)
+    gs = rec.gaussians
+    if isinstance(gs.means, np.memmap):  # every frame reads them all: once into memory (and writable for torch)
+        gs = dataclasses.replace(gs, **{f.name: np.array(getattr(gs, f.name)) for f in dataclasses.fields(gs)
+                                        if getattr(gs, f.name) is not None})
     path = Path(path)
     with atomic_path(path) as tmp:
         mp4 = tmp.with_suffix(".mp4")  # OpenCV picks the container from the name
@@ -74,7 +79,7 @@ def write_gaussian_video(path: PathLike, rec: Reconstruction, *, frames: int = 4
             if not writer.isOpened():
                 raise RuntimeError(f"{path}: OpenCV cannot write mp4 videos here")
             for f, pose in enumerate(poses):
-                out = render_gaussian_set(rec.gaussians, pose, k, w, h, background=background, device=device)
+                out = render_gaussian_set(gs, pose, k, w, h, background=background, device=device)
                 frame = (out.rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
                 writer.write(np.ascontiguousarray(frame[..., ::-1]))
                 if progress is not None:
