@@ -1,6 +1,7 @@
 """Synthetic scenes with exact ground truth: textured rooms, boxes and spheres, ray cast.
 
-Pure numpy (no torch, no other dependency).  Every pixel's ray goes through its centre
+Pure numpy (torch only inside the Sim(3) fits of :func:`ate` and of conditioned chunks, through
+:mod:`core.geometry`; no other dependency).  Every pixel's ray goes through its centre
 ``(i + 0.5, j + 0.5)`` with the scene's K (continuous pixel coordinates, see
 ``docs/conventions.md``), meets the nearest primitive, and gives
 
@@ -31,15 +32,29 @@ visibility, :meth:`SyntheticScene.visible_from`).
     d = scene.distance_to_surface(points)    # exact unsigned distance to it
     rays = scene.ray_map(relative_to=0)      # exact DA3-layout ray map
 
-Modules: :mod:`.raycast` (materials, primitives, textures, ray casting and rendering) and
-:mod:`.scene` (scene configs, the scene with its ground-truth queries, layout generation);
-``scene`` imports ``raycast``, never the reverse.
+Long inputs and drift (issue 15): :mod:`.trajectories` renders a room along a 240-view loop or
+a path that never returns (:func:`make_long_scene`) and measures true covisibility and the
+absolute trajectory error (:func:`ate`); :mod:`.predictor` answers chunks with the truth plus
+seeded per-chunk errors that drift when chunks are joined (:class:`GroundTruthPredictor`, a
+:class:`core.predictor.Predictor`), with pixel-based features for loop detection::
+
+    scene, ext, ks, images, depth = make_long_scene("loop", n=240)
+    predictor = GroundTruthPredictor.from_scene(scene, rotation_deg=0.5, scale=0.02, seed=0)
+
+Modules: :mod:`.raycast` (materials, primitives, textures, ray casting and rendering),
+:mod:`.scene` (scene configs, the scene with its ground-truth queries, layout generation),
+:mod:`.trajectories` (long camera paths, covisibility, ATE) and :mod:`.predictor` (the
+ground-truth predictor, image features); each imports only the ones before it.
 """
 
 from .raycast import Box, Lighting, Material, Primitive, Quad, Sphere, cast_rays, render, room_quads
 from .scene import SceneConfig, SyntheticScene, generate_scene, look_at, make_scene, ray_map
+from .trajectories import ate, covisibility, loop_trajectory, make_long_scene, open_trajectory
+from .predictor import GroundTruthPredictor, image_features
 
 __all__ = [
     "Material", "Lighting", "Quad", "Box", "Sphere", "Primitive", "room_quads", "cast_rays", "render",
     "SceneConfig", "SyntheticScene", "ray_map", "look_at", "generate_scene", "make_scene",
+    "loop_trajectory", "open_trajectory", "make_long_scene", "covisibility", "ate",
+    "GroundTruthPredictor", "image_features",
 ]
