@@ -12,6 +12,8 @@ and ``geometry.X`` both work):
   :func:`pose_auc`, :func:`pose_auc_from_errors`; depth: :func:`abs_rel`, :func:`delta1`,
   :func:`depth_metrics`, :func:`depth_scale`; reconstruction: :func:`chamfer_and_fscore`,
   :class:`ReconstructionScores`.
+* :mod:`.robust` -- robust chunk joints: :func:`robust_sim3` (weighted Umeyama inside IRLS with
+  Huber weights; Sim(3), or SE(3) for metric models) and its result :class:`Sim3Fit`.
 * :mod:`.spatial` -- spatial index: :class:`KDTree`, :func:`nearest_neighbors`,
   :func:`nearest_distances`, :func:`voxel_down_sample`.
 
@@ -24,6 +26,7 @@ from .camera import (apply_sim3_to_points, apply_sim3_to_poses, apply_sim3_to_w2
                      umeyama_sim3)
 from .metrics import (ReconstructionScores, abs_rel, chamfer_and_fscore, delta1, depth_metrics, depth_scale, pose_auc,
                       pose_auc_from_errors, relative_pose_errors)
+from .robust import Sim3Fit, robust_sim3
 from .spatial import KDTree, nearest_distances, nearest_neighbors, voxel_down_sample
 
 __all__ = [
@@ -31,5 +34,5 @@ __all__ = [
     "rays_to_cameras", "umeyama_sim3", "umeyama", "apply_sim3_to_points", "apply_sim3_to_poses",
     "apply_sim3_to_w2c", "relative_pose_errors", "pose_auc_from_errors", "pose_auc", "depth_scale",
     "depth_metrics", "abs_rel", "delta1", "KDTree", "nearest_neighbors", "nearest_distances", "voxel_down_sample",
-    "ReconstructionScores", "chamfer_and_fscore",
+    "ReconstructionScores", "chamfer_and_fscore", "Sim3Fit", "robust_sim3",
 ]
