@@ -29,6 +29,8 @@ REF_VIEW_STRATEGIES = ("first", "middle", "saddle_balanced", "saddle_sim_range")
 """How the reference view of a multi-view pass is chosen (the official four)."""
 PRECISIONS = ("fp32", "bf16", "fp16")
 """Backbone compute precision; the heads always run in float32.  ``fp32`` is exact."""
+LOOP_CLOSURES = ("auto", "off")
+"""Loop closure on long inputs: ``auto`` looks for loops when a run takes three passes or more."""
 CAMERA_SOURCES = ("predicted", "input", "none")
 """Where a scene's cameras come from: the network, the user's poses, or nowhere (monocular)."""
 
@@ -57,17 +59,29 @@ class ReconstructOptions:
                                              "views per network pass; more run in overlapping chunks "
                                              "(default: from memory)")
     chunk_overlap: Optional[int] = _opt(None, "--chunk-overlap",
-                                        "views shared by consecutive chunks (default max(2, min(8, chunk/4)))")
+                                        "views shared by consecutive chunks (default max(2, min(16, chunk/4)))")
     seed: Optional[int] = _opt(0, "--seed", "seeds the random parts (sky sampling, ray-pose RANSAC) without "
                                             "touching the global RNG (default 0)")
     precision: Optional[str] = _opt(None, "--dtype", "backbone compute precision (default fp32: exact)",
                                     PRECISIONS)
 
+    loop_closure: str = _opt("auto", "--loop-closure",
+                             "long inputs: find places the camera returns to and close the loop "
+                             "(auto: when the run takes 3 passes or more)", LOOP_CLOSURES)
+    fast_decode: bool = _opt(False, "--fast-decode",
+                             "decode JPEGs at a reduced scale (2-4x faster reading; pixels differ from the "
+                             "official preprocessing by about 0.3 levels on average)")
+    skip_unreadable: bool = _opt(False, "--skip-unreadable",
+                                 "leave out input files that cannot be read (listed in the scene) "
+                                 "instead of stopping at the first")
+
     def __post_init__(self) -> None:
         _check_int(self, "process_res", minimum=PATCH_SIZE)
         _check_choice(self, "process_res_method", RESIZE_METHODS)
         _check_choice(self, "ref_view_strategy", REF_VIEW_STRATEGIES)
-        for name in ("use_ray_pose", "infer_gs", "align_to_input_ext_scale"):
+        _check_choice(self, "loop_closure", LOOP_CLOSURES)
+        for name in ("use_ray_pose", "infer_gs", "align_to_input_ext_scale", "skip_unreadable",
+                     "fast_decode"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         _check_int(self, "max_views_per_pass", minimum=1, optional=True)
@@ -131,6 +145,12 @@ class SceneOptions(ReconstructOptions):
     camera_source: str = _opt("predicted", None, "where the cameras come from", CAMERA_SOURCES)
     passes: int = _opt(1, None, "network passes (chunks) the run took")
     image_files: Tuple[str, ...] = _opt((), None, "the photos' file names, where they were files")
+    skipped_files: Tuple[str, ...] = _opt((), None, "inputs left out by skip_unreadable: 'file: reason'")
+    joints: Tuple[Mapping[str, Any], ...] = field(
+        default=(), hash=False, metadata={"flag": None, "help": "chunk-to-chunk constraints: chunks a and b, "
+                                          "kind (overlap or loop), views, residual, inlier ratio, used",
+                                          "choices": None})
+    alignment: str = _opt("single pass", None, "how the passes were joined")
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +158,10 @@ class SceneOptions(ReconstructOptions):
         _check_choice(self, "camera_source", CAMERA_SOURCES)
         _check_int(self, "passes", minimum=0)
         object.__setattr__(self, "image_files", tuple(str(x) for x in (self.image_files or ())))
+        object.__setattr__(self, "skipped_files", tuple(str(x) for x in (self.skipped_files or ())))
+        if not all(isinstance(j, Mapping) for j in self.joints or ()):
+            raise OptionError("joints: expected a list of objects")
+        object.__setattr__(self, "joints", tuple(dict(j) for j in (self.joints or ())))
         object.__setattr__(self, "extra", dict(self.extra or {}))
 
     @classmethod
@@ -247,6 +271,6 @@ def _from_plain(cls, name: str, value):
 
 
 __all__ = [
-    "CAMERA_SOURCES", "PATCH_SIZE", "PRECISIONS", "REF_VIEW_STRATEGIES", "RESIZE_METHODS", "ReconstructOptions",
+    "CAMERA_SOURCES", "LOOP_CLOSURES", "PATCH_SIZE", "PRECISIONS", "REF_VIEW_STRATEGIES", "RESIZE_METHODS", "ReconstructOptions",
     "SceneOptions", "option_defaults",
 ]

@@ -209,6 +209,35 @@ class SceneWriter:
         if not self._open:
             raise RuntimeError(f"{self.path}: the scene writer is closed (finished or aborted)")
 
+    def declare(self, key: str) -> np.memmap:
+        """The map of an optional per-view array ("conf", "sky"), created now if the writer was
+        made without it (for producers that learn late whether they have one)."""
+        self._check_open()
+        if key not in VIEW_ARRAYS:
+            raise ValueError(f"declare: {key!r} is not a per-view array ({', '.join(VIEW_ARRAYS)})")
+        if key not in self.maps:
+            shape = (self.num_views, self.height, self.width) + ((3,) if key == "images" else ())
+            self.maps[key] = np.lib.format.open_memmap(self.tmp / f"{key}.npy", mode="w+", dtype=_DTYPES[key],
+                                                       shape=shape)
+        return self.maps[key]
+
+    def set_cameras(self, *, extrinsics: np.ndarray, intrinsics: np.ndarray,
+                    original_sizes: Optional[np.ndarray] = None, pixel_transform: Optional[np.ndarray] = None) -> None:
+        """The cameras of every view at once, for producers that filled the open maps directly;
+        every view then counts as written."""
+        self._check_open()
+        n = self.num_views
+        ext = np.asarray(extrinsics, np.float64)
+        ext = ext[:, :3, :] if ext.shape == (n, 4, 4) else ext
+        for key, arr, shape in (("extrinsics", ext, (n, 3, 4)), ("intrinsics", intrinsics, (n, 3, 3)),
+                                ("original_sizes", original_sizes, (n, 2)), ("pixel_transform", pixel_transform, (n, 3, 3))):
+            if arr is None:
+                continue
+            if np.shape(arr) != shape:
+                raise ValueError(f"set_cameras: {key}: expected shape {shape}, got {np.shape(arr)}")
+            self.cameras[key] = np.array(arr, dtype=_DTYPES[key])
+        self.written[:] = True
+
     def write_views(self, start: int, *, images: np.ndarray, depth: np.ndarray,
                     extrinsics: np.ndarray, intrinsics: np.ndarray, conf: Optional[np.ndarray] = None,
                     sky: Optional[np.ndarray] = None, original_sizes: Optional[np.ndarray] = None,

@@ -56,6 +56,10 @@ class Progress:
     def info(self, text: str) -> None:
         pass
 
+    def warn(self, text: str) -> None:
+        """Something the user must know even with ``--progress none``: one line on stderr."""
+        print(f"da3p: warning: {text}", file=sys.stderr)
+
     def event(self, name: str, **fields) -> None:
         pass
 
@@ -117,6 +121,9 @@ class JsonProgress(Progress):
 
     def info(self, text: str) -> None:
         self.event("info", message=text)
+
+    def warn(self, text: str) -> None:
+        self.event("warning", message=text)
 
 
 PROGRESS_MODES = ("bar", "json", "none")
@@ -317,24 +324,70 @@ def run_reconstruct(request: RunRequest, get_model: ModelGetter, progress: Optio
 
     ``get_model(source, precision)`` returns the model.  Bad input raises
     :class:`UserInputError` (one line); the output folder never exists half-written."""
-    from da3_plugins.core.images import load_images
+    from da3_plugins.core.images import scan_images
 
     sink = progress or Progress()
     out = OutputDir(request.output, request.overwrite)
+    cache = work_folder(out.target)
     try:
-        images = load_images(list(request.inputs), fps=request.fps)
-        ext, k = read_camera_files(request.poses, request.intrinsics, len(images))
+        # headers only: a bad file among hundreds stops here, before any network time
+        scan = scan_images(list(request.inputs), fps=request.fps, skip_unreadable=request.options.skip_unreadable)
+        for path, why in scan.skipped:
+            sink.warn(f"skipped {path}: {why}")
+        ext, k = read_camera_files(request.poses, request.intrinsics, len(scan.refs))
         model = get_model(request.model, request.options.precision)
+        exports = list(request.exports)
+        scene_dir = None
+        if "scene" in exports and result_bytes(scan, request.options) > in_memory_limit():
+            # too large to hold: the scene is written as it is produced, as a folder of arrays
+            scene_dir = out.tmp / "scene"
+            exports.remove("scene")
+            sink.info(f"the result is larger than memory allows: writing it as the scene folder {out.target / 'scene'}")
         start = time.time()
-        rec = model.reconstruct(images, request.options, extrinsics=ext, intrinsics=k, progress=sink)
+        rec = model.reconstruct(scan, request.options, extrinsics=ext, intrinsics=k, progress=sink,
+                                cache_dir=cache, scene_dir=scene_dir)
         seconds = time.time() - start
-        files = write_exports(rec, out.tmp, request.exports, conf_threshold=request.conf_threshold,
-                              progress=sink.update)
+        files = write_exports(rec, out.tmp, exports, conf_threshold=request.conf_threshold, progress=sink.update)
+        if scene_dir is not None:
+            files = {"scene": "scene", **files}
         folder = out.commit()
+    except KeyboardInterrupt:
+        out.discard()
+        if cache.is_dir():
+            sink.warn(f"interrupted: the finished passes are kept in {cache}; run the same command again to resume")
+        raise
     except BaseException:
         out.discard()
         raise
     return RunResult(folder=folder, files=files, views=len(rec), size=(rec.width, rec.height), seconds=seconds)
+
+
+def result_bytes(scan, options) -> int:
+    """Bytes of a run's per-view results in memory: processed pixels, depth, confidence, sky."""
+    from da3_plugins.core.images import stream_target
+
+    h, w = stream_target(scan.refs, options.process_res, options.process_res_method)
+    return len(scan.refs) * h * w * (3 + 4 + 4 + 1)
+
+
+def in_memory_limit() -> int:
+    """Results above this many bytes go to a scene folder as they are produced: a third of the
+    machine's memory (``DA3P_IN_MEMORY_LIMIT`` overrides it, in bytes)."""
+    env = os.environ.get("DA3P_IN_MEMORY_LIMIT")
+    if env:
+        return int(float(env))
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 3)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def work_folder(output: Path) -> Path:
+    """Where a run to ``output`` keeps its chunk predictions until it succeeds: a hidden folder
+    beside it (``.<name>.da3p-work``), so rerunning the same command after an interruption
+    resumes."""
+    output = Path(output)
+    return output.parent / f".{output.name}.da3p-work"
 
 
 def export_scene(scene, output, exports, *, conf_threshold="auto", overwrite: bool = False,

@@ -80,6 +80,12 @@ class DA3DataParserConfig(DataParserConfig):
     """Seeds DA3's random parts (repeatable results)."""
     precision: Optional[str] = _DEFAULTS.precision
     """Backbone compute precision (fp32, bf16, fp16; default fp32: exact)."""
+    loop_closure: str = _DEFAULTS.loop_closure
+    """Long inputs: find where the camera returns and close the loop (auto, off)."""
+    fast_decode: bool = _DEFAULTS.fast_decode
+    """Decode JPEGs at a reduced scale (faster; pixels differ slightly from the official preprocessing)."""
+    skip_unreadable: bool = _DEFAULTS.skip_unreadable
+    """Leave out input files that cannot be read instead of stopping."""
     fps: float = 2.0
     """Frames per second sampled from a video."""
     cache_dir: Optional[Path] = None

@@ -44,6 +44,8 @@ ALLOWED = [
      "not a pixel: the Fibonacci-sphere sample index i + 1/2 of the SH fitting directions"),
     ("core/model/gaussians.py", "device=device, dtype=dtype) + 0.5) /",
      "parity: the Gaussian adapter's pixel-centre grid in torch, normalised to (0, 1), as the network was trained"),
+    ("core/posegraph.py", "k[..., 0, 1], k[..., 0, 2], k[..., 1, 2] = -w[..., 2], w[..., 1], -w[..., 0]",
+     "not an axis flip: the skew-symmetric (hat) matrix of a rotation vector, the Lie algebra of SO(3)"),
     ("core/render.py", "device=device, dtype=dtype) + 0.5",
      "the torch rasteriser's per-tile pixel centres (conventions is numpy-only; same +0.5 centres)"),
 ]

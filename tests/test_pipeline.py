@@ -100,7 +100,9 @@ def test_chunked_random_model_runs_and_is_repeatable():
     images = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(7)]
     a = model.reconstruct(images, process_res=56, max_views_per_pass=4, chunk_overlap=2)
     b = model.reconstruct(images, process_res=56, max_views_per_pass=4, chunk_overlap=2)
-    assert a.options["passes"] == 3  # views 0-3, 2-5, 3-6
+    loops = [j for j in a.options.joints if j["kind"] == "loop"]
+    assert a.options["passes"] == 3 + len(loops)  # views 0-3, 2-5, 3-6, and a check of each loop candidate
+    assert [(j["a"], j["b"]) for j in a.options.joints if j["kind"] == "overlap"] == [(0, 1), (1, 2)]
     np.testing.assert_array_equal(a.depth, b.depth)
     assert np.isfinite(a.depth).all() and np.isfinite(a.extrinsics).all()
 

@@ -70,7 +70,7 @@ class DA3Model:
         return CHECKPOINT_LICENSES.get(self.preset, "unknown")
 
     def reconstruct(self, images, options=None, *, extrinsics=None, intrinsics=None, fps: Optional[float] = 2.0,
-                    progress=None, **option_values):
+                    progress=None, cache_dir=None, **option_values):
         """Photos in, a :class:`~da3_plugins.core.reconstruction.Reconstruction` out.
 
         Args:
@@ -85,14 +85,19 @@ class DA3Model:
                 camera decoder), ``infer_gs`` (also predict 3-D Gaussians: giant and nested
                 models), ``align_to_input_ext_scale`` (with known poses, return their scale),
                 ``max_views_per_pass`` (default: from free memory; more views run in
-                overlapping chunks joined by Sim(3) fits), ``chunk_overlap`` (default
-                max(2, min(8, size/4))), ``seed`` (seeds the random parts without touching the
+                overlapping chunks joined by robust Sim(3) fits and a global pose graph),
+                ``chunk_overlap`` (default max(2, min(16, size/4))), ``loop_closure`` ("auto" or
+                "off"), ``skip_unreadable`` (leave out unreadable files), ``seed`` (seeds the random parts without touching the
                 global RNG; None leaves it alone) and ``precision`` (backbone compute dtype for
                 this run: "fp32", "bf16", "fp16"; default: as loaded).
             extrinsics: known OpenCV world-to-camera poses (N, 4, 4) or (N, 3, 4); need
                 ``intrinsics`` (N, 3, 3) in pixels of the original photos.  The network is
                 conditioned on them and the result is returned in their frame (and, with
-                ``align_to_input_ext_scale``, their scale).
+                ``align_to_input_ext_scale``, their scale).  NaN rows mark views without a
+                known pose: the posed views then anchor the global alignment (no conditioning)
+                and the result is in their frame.
+            cache_dir: where chunk predictions of a long run are kept so that the same call
+                resumes after an interruption (removed on success; default: a temporary folder).
             progress: a callable receiving :class:`~da3_plugins.core.pipeline.ProgressEvent`.
 
         The result's ``options`` is a :class:`~da3_plugins.core.options.SceneOptions`: these
@@ -101,7 +106,7 @@ class DA3Model:
         from ..pipeline import reconstruct
 
         return reconstruct(self, images, options, extrinsics=extrinsics, intrinsics=intrinsics, fps=fps,
-                           progress=progress, **option_values)
+                           progress=progress, cache_dir=cache_dir, **option_values)
 
     def save_pretrained(self, folder: Union[str, os.PathLike], dtype: torch.dtype = torch.float32) -> Path:
         """Write ``config.json`` + ``model.safetensors`` in the published layout.

@@ -160,6 +160,7 @@ class DA3Net(nn.Module):
             else:
                 res = self.head(patch_feats, images)
             out = NetworkOutput(depth=res["depth"], depth_conf=res.get("depth_conf"), sky=res.get("sky"))
+            out.view_features = patch_feats[0][..., :self.cfg.backbone.embed_dim].mean(-2)
 
             if use_ray_pose:
                 from .ray_pose import rays_to_cameras

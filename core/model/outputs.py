@@ -48,6 +48,9 @@ class NetworkOutput:
     """True when depth and translations are in metres (the nested model)."""
     scale_factor: Optional[float] = None
     """Nested model: the factor that took the any-view branch to metres."""
+    view_features: Optional[Tensor] = None
+    """(B, N, C) mean of each view's patch tokens at the first output layer (the within-view
+    half where the backbone concatenates two): a place descriptor for loop detection."""
     aux: Optional[dict] = None
     """``feat_layer_{i}`` -> (B, N, H/14, W/14, C) for requested feature layers."""
 
