@@ -58,6 +58,9 @@ class Joint:
         return Sim3(self.fit.r, self.fit.t, self.fit.s)
 
     def edge(self) -> Edge:
+        # every edge weighs the same: loops are checked geometrically before they become edges,
+        # and weights from the fits' residuals (1 / max(r, 0.01)^2) measured worse on the drift
+        # benchmark (ATE 0.075% against 0.052% on the 240-view loop with a steady bias)
         return Edge(self.a, self.b, self.rel, weight=1.0, kind=self.kind)
 
     def record(self) -> dict:

@@ -31,7 +31,7 @@ from typing import Optional, Protocol, runtime_checkable
 import numpy as np
 
 from .options import ReconstructOptions
-from .reconstruction import GaussianSet
+from .reconstruction import GaussianSet, Reconstruction
 
 __all__ = ["ChunkInput", "ChunkPrediction", "Predictor", "default_intrinsics", "check_prediction"]
 
@@ -102,26 +102,16 @@ def default_intrinsics(n: int, h: int, w: int) -> np.ndarray:
 
 
 def check_prediction(pred: ChunkPrediction, chunk: ChunkInput, name: str) -> ChunkPrediction:
-    """Shapes and dtypes of a predictor's answer, normalised; a mismatch is a ValueError naming
-    the predictor and the array."""
-    n, h, w = chunk.pixels.shape[:3]
-
-    def want(arr, shape, dtype, what):
-        a = np.asarray(arr)
-        if a.shape != shape:
-            raise ValueError(f"predictor {name}: {what} has shape {a.shape}, expected {shape}")
-        return a.astype(dtype, copy=False)
-
-    pred.depth = want(pred.depth, (n, h, w), np.float32, "depth")
-    ext = np.asarray(pred.extrinsics, np.float64)
-    if ext.shape == (n, 4, 4):
-        ext = ext[:, :3, :]
-    pred.extrinsics = want(ext, (n, 3, 4), np.float64, "extrinsics")
-    pred.intrinsics = want(pred.intrinsics, (n, 3, 3), np.float64, "intrinsics")
-    if pred.conf is not None:
-        pred.conf = want(pred.conf, (n, h, w), np.float32, "conf")
-    if pred.sky is not None:
-        pred.sky = want(pred.sky, (n, h, w), bool, "sky")
+    """Shapes and dtypes of a predictor's answer, normalised (by the checks of
+    :class:`Reconstruction`); a mismatch is a ValueError naming the predictor and the array."""
+    n = chunk.pixels.shape[0]
+    try:
+        rec = Reconstruction(images=np.asarray(chunk.pixels), depth=pred.depth, extrinsics=pred.extrinsics,
+                             intrinsics=pred.intrinsics, conf=pred.conf, sky=pred.sky)
+    except ValueError as exc:
+        raise ValueError(f"predictor {name}: {exc}") from None
+    pred.depth, pred.extrinsics, pred.intrinsics, pred.conf, pred.sky = (
+        rec.depth, rec.extrinsics, rec.intrinsics, rec.conf, rec.sky)
     if pred.features is not None:
         f = np.asarray(pred.features, np.float32)
         if f.ndim != 2 or f.shape[0] != n:

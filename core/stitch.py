@@ -241,9 +241,7 @@ def _group(rng: range, centre: int, size: int) -> np.ndarray:
 
 def _close_loops(predictor, pixels, chunks, features, chain, predict, cache, metric, report) -> List[Joint]:
     size = len(chunks[0])
-    step = size - (chunks[0][-1] + 1 - chunks[1][0])
-    overlap = size - step
-    cands = loop_candidates(features, chunks, min_gap=size, neighbour=max(1, overlap // 2),
+    cands = loop_candidates(features, chunks, min_gap=size, neighbour=max(2, size // 4),
                             max_candidates=max(2, len(chunks) // 2))
     out: List[Joint] = []
     group = max(2, min(LOOP_GROUP, size // 2))
