@@ -119,7 +119,8 @@ def stitch(predictor, pixels: np.ndarray, chunks: Sequence[range], opts: Reconst
         if joined and ci + 1 < len(chunks):
             keep = np.nonzero(views >= chunks[ci + 1][0])[0]
             prev = (views[keep], _subset(pred, keep))
-        report("infer", int(views[-1]) + 1, n, f"pass {ci + 1}/{len(chunks)}")
+        cached = f", {cache.resumed} read back from {cache.folder}" if cache is not None and cache.resumed else ""
+        report("infer", int(views[-1]) + 1, n, f"pass {ci + 1}/{len(chunks)}{cached}")
     prev = None
 
     # -- global alignment
