@@ -231,3 +231,38 @@ def test_a_scene_folder_gets_the_result_as_it_is_produced(loop_data, tmp_path):
     np.testing.assert_array_equal(np.asarray(on_disk.gaussians.means), in_memory.gaussians.means)
     again = Reconstruction.load(tmp_path / "scene")
     assert again.options.joints == in_memory.options.joints
+
+
+def test_metric_predictors_are_joined_rigidly(loop_data):
+    scene, ext, ks, images, depth = loop_data
+    data = (scene, ext, ks, images[:80], depth[:80])
+    pred = GroundTruthPredictor(ext[:80], ks[:80], depth[:80], rotation_deg=0.5, scale=0.02, is_metric=True)
+    rec = _run(data, predictor=pred, loop_closure="off")
+    assert rec.is_metric
+    assert all(j["scale"] == 1.0 for j in rec.options.joints)  # SE(3): metres stay metres
+
+
+def test_da3p_takes_poses_for_some_views(tmp_path):
+    """A pose file with NaN rows for the views without a known pose (the README's rule)."""
+    import cv2
+
+    from da3_plugins.cli import main
+    from da3_plugins.core import Reconstruction
+
+    scene, ext, ks, images, depth = make_long_scene("loop", n=24, seed=1)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, im in enumerate(images):
+        cv2.imwrite(str(folder / f"f{i:03d}.png"), im[..., ::-1])
+    poses = np.full((24, 4, 4), np.nan)
+    poses[::4] = ext[::4]
+    np.save(tmp_path / "w2c.npy", poses)
+    np.save(tmp_path / "k.npy", ks)
+    out = tmp_path / "out"
+    code = main(["reconstruct", str(folder), "-o", str(out), "--model", "embedded", "--process-res", "168",
+                 "--export", "scene", "--poses", str(tmp_path / "w2c.npy"), "--intrinsics", str(tmp_path / "k.npy"),
+                 "--max-views", "10", "--chunk-overlap", "3", "--progress", "none"])
+    assert code == 0
+    rec = Reconstruction.load(out / "scene.npz")
+    assert rec.options.camera_source == "input" and "given poses" in rec.options.alignment
+    np.testing.assert_allclose(rec.extrinsics[::4], ext[::4, :3], atol=1e-9)
