@@ -52,6 +52,7 @@ class WorkerClient:
             raise WorkerError(f"could not start {executable}: {exc}") from None
         self.events: "queue.Queue" = queue.Queue()
         self.stderr_tail: List[str] = []
+        self.notes: List[str] = []  # info and warning lines the worker sent during runs
         self._next_id = 0
         threading.Thread(target=self._read_stdout, daemon=True).start()
         self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
@@ -128,6 +129,9 @@ class WorkerClient:
         if kind == "progress":
             if on_progress is not None:
                 on_progress(event)
+            return None
+        if kind in ("info", "warning"):  # news during a run (e.g. a skipped photo), not its end
+            self.notes.append(f"{kind}: {event.get('message', '')}")
             return None
         return event
 

@@ -86,3 +86,24 @@ def test_idle_timeout_and_missing_executable(setup):
         wc.WorkerClient("", device="cpu")
     with pytest.raises(wc.WorkerError, match="exited"):
         client.request("ping")
+
+
+def test_warnings_during_a_run_are_not_its_end(setup, tmp_path):
+    """A skipped photo is a "warning" event; the client keeps waiting for "done"."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted((setup / "photos").iterdir())[:4]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    client = wc.WorkerClient(DA3P, device="cpu")
+    try:
+        rid = client.request("reconstruct", inputs=[str(photos)], output=str(tmp_path / "out"),
+                             model=str(setup / "model"), options={"process_res": 56, "skip_unreadable": True})
+        final = client.wait(rid)
+        assert final["event"] == "done", final
+        assert any("broken.png" in n and n.startswith("warning") for n in client.notes), client.notes
+        from da3_plugins.core import Reconstruction
+
+        assert len(Reconstruction.load(final["files"]["scene"])) == 4
+    finally:
+        client.stop()
