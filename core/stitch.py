@@ -27,6 +27,7 @@ from .alignment import Joint, fit_joint, loop_candidates, pose_priors, verify_lo
 from .chunks import ChunkCache
 from .gaussian_sets import concat_gaussians, select_gaussians, transform_gaussians
 from .geometry import apply_sim3_to_w2c, umeyama
+from .geometry.robust import Sim3Fit
 from .options import ReconstructOptions
 from .posegraph import Sim3, chain_poses, solve_pose_graph
 from .predictor import ChunkInput, ChunkPrediction, check_prediction
@@ -128,10 +129,10 @@ def stitch(predictor, pixels: np.ndarray, chunks: Sequence[range], opts: Reconst
         edges = [j.edge() for j in joints]
         chain = chain_poses(len(chunks), edges)
         if want_loops and features is not None:
-            joints += _close_loops(predictor, pixels, chunks, features, chain, predict, cache, metric, report)
+            joints += _close_loops(chunks, features, chain, predict, metric, report)
         priors = []
         if known_poses is not None:
-            priors = pose_priors(_chunk_centres(chunks, known_poses, cache, predict), metric=metric)
+            priors = pose_priors(_chunk_centres(chunks, known_poses, predict), metric=metric)
         loops = [j for j in joints if j.kind == "loop" and j.used]
         if loops or priors:
             sol = solve_pose_graph(len(chunks), [j.edge() for j in joints if j.used], priors)
@@ -240,7 +241,8 @@ def _group(rng: range, centre: int, size: int) -> np.ndarray:
     return np.arange(max(start, rng[0]), min(max(start, rng[0]) + size, rng[-1] + 1))
 
 
-def _close_loops(predictor, pixels, chunks, features, chain, predict, cache, metric, report) -> List[Joint]:
+def _close_loops(chunks, features, chain, predict, metric, report) -> List[Joint]:
+    """Loop candidates, each checked by one more pass: the loop joints, accepted or not."""
     size = len(chunks[0])
     cands = loop_candidates(features, chunks, min_gap=size, neighbour=max(2, size // 4),
                             max_candidates=max(2, len(chunks) // 2))
@@ -260,8 +262,6 @@ def _close_loops(predictor, pixels, chunks, features, chain, predict, cache, met
         joint = Joint(ca, cb, "loop", tuple(int(v) for v in views), None, used=check.accepted, reason=check.reason,
                       extra={"similarity": sim, "covisibility": check.covisibility})
         if check.rel is not None:
-            from .geometry.robust import Sim3Fit
-
             worst = max(check.fit_a.residual, check.fit_b.residual)
             joint.fit = Sim3Fit(check.rel.r, check.rel.t, check.rel.s, worst,
                                 min(check.fit_a.inlier_ratio, check.fit_b.inlier_ratio),
@@ -273,7 +273,7 @@ def _close_loops(predictor, pixels, chunks, features, chain, predict, cache, met
     return out
 
 
-def _chunk_centres(chunks, known_poses, cache, predict) -> dict:
+def _chunk_centres(chunks, known_poses, predict) -> dict:
     """{chunk: (predicted centres, given centres)} of the posed views each chunk owns."""
     known = np.isfinite(known_poses).all((1, 2))
     out = {}
