@@ -363,11 +363,12 @@ def run_reconstruct(request: RunRequest, get_model: ModelGetter, progress: Optio
 
 
 def result_bytes(scan, options) -> int:
-    """Bytes of a run's per-view results in memory: processed pixels, depth, confidence, sky."""
+    """Bytes of a run's per-view results in memory: processed pixels, depth, confidence, sky,
+    and with Gaussians one per pixel (about 64 bytes each)."""
     from da3_plugins.core.images import stream_target
 
     h, w = stream_target(scan.refs, options.process_res, options.process_res_method)
-    return len(scan.refs) * h * w * (3 + 4 + 4 + 1)
+    return len(scan.refs) * h * w * (3 + 4 + 4 + 1 + (64 if options.infer_gs else 0))
 
 
 def in_memory_limit() -> int:
