@@ -32,7 +32,6 @@ from . import conventions as conv
 from .chunks import ChunkCache, chunk_ranges, default_overlap, input_identity, run_key
 from .errors import OptionError, UserInputError
 from .gaussian_sets import transform_gaussians
-from .geometry import apply_sim3_to_w2c, umeyama
 from .images import ImageScan, LoadedImage, load_processed, scan_images, stream_target
 from .model.predictor import DA3Predictor, normalize_extrinsics
 from .options import REF_VIEW_STRATEGIES, ReconstructOptions, SceneOptions
