@@ -17,7 +17,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev,hub,open3d,nerfstudio,blender]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev,hub,open3d,nerfstudio,blender,ray]"
 	# the official implementation, only a test oracle: no dependencies of its own
 	$(PY) -m pip install -q --no-deps -c $(CONSTRAINTS) depth-anything-3
 	touch $(STAMP)

@@ -83,6 +83,7 @@ class ChunkCache:
         self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="da3p-chunks-"))
         self.key = key
         self.resumed = 0
+        self._written: set = set()  # passes this run put here (reading them back is no resume)
         self.folder.mkdir(parents=True, exist_ok=True)
         manifest = self.folder / "cache.json"
         old = None
@@ -122,10 +123,15 @@ class ChunkCache:
         gs = None
         if "gs_means" in data:
             gs = GaussianSet(*(data.get(f"gs_{f}") for f in _GS_FIELDS))
-        self.resumed += 1
+        if path.name not in self._written:  # read back from an earlier, interrupted run
+            self.resumed += 1
         return ChunkPrediction(depth=data["depth"], extrinsics=data["extrinsics"], intrinsics=data["intrinsics"],
                                conf=data.get("conf"), sky=data.get("sky"), gaussians=gs,
                                features=data.get("features"), is_metric=bool(data["is_metric"]))
+
+    def has(self, kind: str, views: Sequence[int]) -> bool:
+        """Whether a pass is in the cache (its file exists; :meth:`get` still checks it)."""
+        return (self.folder / self.name(kind, views)).is_file()
 
     def cameras(self, kind: str, views: Sequence[int]):
         """(extrinsics, intrinsics) of a cached pass, reading nothing else; None when absent."""
@@ -151,6 +157,7 @@ class ChunkCache:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, path)
+        self._written.add(path.name)
 
     def close(self, success: bool) -> None:
         """Remove a temporary cache; a persistent one is removed after a successful run."""

@@ -36,7 +36,7 @@ from .images import ImageScan, LoadedImage, load_processed, scan_images, stream_
 from .model.predictor import DA3Predictor, normalize_extrinsics
 from .options import REF_VIEW_STRATEGIES, ReconstructOptions, SceneOptions
 from .precision import backbone_precision, precision_name, resolve_dtype as resolve_precision
-from .predictor import Predictor
+from .predictor import ChunkPool, PooledPredictor, Predictor
 from .preprocess import transform_intrinsics
 from .reconstruction import Reconstruction
 from .stitch import stitch
@@ -163,6 +163,7 @@ def reconstruct(
     progress: Optional[ProgressFn] = None,
     cache_dir: Optional[os.PathLike] = None,
     scene_dir: Optional[os.PathLike] = None,
+    pool: Optional[ChunkPool] = None,
     **option_values,
 ) -> Reconstruction:
     """Run DA3 (or any :class:`~.predictor.Predictor`) on photos; see :meth:`DA3Model.reconstruct`.
@@ -173,15 +174,20 @@ def reconstruct(
     predictions are kept so that rerunning the same call after an interruption resumes (kept on
     failure, removed on success; default: a temporary folder).  ``scene_dir``: write the result
     as it is produced into a scene folder there (memory-mapped ``.npy`` files, see
-    docs/scene-file.md) and return it read back memory-mapped: results larger than memory."""
+    docs/scene-file.md) and return it read back memory-mapped: results larger than memory.
+    ``pool``: workers holding the same model (:class:`~.predictor.ChunkPool`, e.g.
+    ``da3_plugins.ray_backend.RayChunkPool``) that run the passes of a long input while the
+    joining, loops and pose graph stay here; the result equals the serial one."""
     opts = resolve_options(options, option_values)
     net = getattr(model, "net", None)
     if net is not None and opts.precision is not None and resolve_precision(opts.precision) != _backbone_dtype(model):
         with backbone_precision(model, opts.precision):
             return reconstruct(model, images, opts.replace(precision=None), extrinsics=extrinsics,
                                intrinsics=intrinsics, fps=fps, progress=progress, cache_dir=cache_dir,
-                               scene_dir=scene_dir)
+                               scene_dir=scene_dir, pool=pool)
     predictor = as_predictor(model)
+    if pool is not None:
+        predictor = PooledPredictor(predictor, pool)
     label = getattr(model, "preset", None) or predictor.name
     report = progress or (lambda ev: None)
     if opts.infer_gs and not predictor.has_gaussians:

@@ -16,6 +16,14 @@ A predictor answers one chunk at a time::
 
         def predict(self, chunk: ChunkInput) -> ChunkPrediction: ...
 
+        # optional: many passes at once, answered in order (e.g. on several workers); when a
+        # predictor has it, a long input's passes are all handed over before they are joined
+        def predict_many(self, chunks: Iterable[ChunkInput]) -> Iterator[ChunkPrediction]: ...
+
+Passes are independent of each other and of their order (DA3 seeds each pass on its own), which
+is what lets :class:`PooledPredictor` send them to a pool of workers (``da3p reconstruct --ray``)
+and still give the serial result.
+
 Frames: a prediction is in the chunk's own frame (any Sim(3) frame; DA3 puts its first view at
 the origin).  When ``chunk.extrinsics`` is given the predictor is *conditioned* on those poses
 and its answer should be in their frame (DA3 aligns its prediction to them); ``reconstruct``
@@ -26,14 +34,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import Iterable, Iterator, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
 from .options import ReconstructOptions
 from .reconstruction import GaussianSet, Reconstruction
 
-__all__ = ["ChunkInput", "ChunkPrediction", "Predictor", "default_intrinsics", "check_prediction"]
+__all__ = ["ChunkInput", "ChunkPrediction", "ChunkPool", "PooledPredictor", "Predictor", "default_intrinsics",
+           "check_prediction"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,32 @@ class Predictor(Protocol):
     is_metric: bool
 
     def predict(self, chunk: ChunkInput) -> ChunkPrediction: ...
+
+
+class ChunkPool(Protocol):
+    """Workers that answer passes elsewhere (each holding the same model), in order."""
+
+    def predict_many(self, chunks: Iterable[ChunkInput]) -> Iterator[ChunkPrediction]: ...
+
+
+class PooledPredictor:
+    """A predictor whose passes run in a :class:`ChunkPool`; its description (name, what it
+    predicts) is the ``local`` predictor's, which describes the same model."""
+
+    def __init__(self, local: Predictor, pool: ChunkPool) -> None:
+        self.local = local
+        self.pool = pool
+        self.name = local.name
+        self.predicts_cameras = local.predicts_cameras
+        self.has_gaussians = local.has_gaussians
+        self.is_metric = local.is_metric
+        self.workers = getattr(pool, "workers", None)
+
+    def predict(self, chunk: ChunkInput) -> ChunkPrediction:
+        return next(iter(self.pool.predict_many([chunk])))
+
+    def predict_many(self, chunks: Iterable[ChunkInput]) -> Iterator[ChunkPrediction]:
+        return self.pool.predict_many(chunks)
 
 
 def default_intrinsics(n: int, h: int, w: int) -> np.ndarray:

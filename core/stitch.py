@@ -86,19 +86,36 @@ def stitch(predictor, pixels: np.ndarray, chunks: Sequence[range], opts: Reconst
     prev = None  # (views, ChunkPrediction of the previous chunk's views the next chunk shares)
     is_metric = False
 
+    def chunk_input(views: np.ndarray) -> ChunkInput:
+        return ChunkInput(pixels=pixels[views], views=views,
+                          extrinsics=None if conditioned is None else conditioned[0][views],
+                          intrinsics=None if conditioned is None else conditioned[1][views],
+                          options=opts, want_features=want_loops)
+
     def predict(kind: str, views: np.ndarray, store: bool) -> ChunkPrediction:
         pred = cache.get(kind, views) if (cache is not None and store) else None
         if pred is None:
-            chunk = ChunkInput(pixels=pixels[views], views=views,
-                               extrinsics=None if conditioned is None else conditioned[0][views],
-                               intrinsics=None if conditioned is None else conditioned[1][views],
-                               options=opts, want_features=want_loops)
+            chunk = chunk_input(views)
             pred = check_prediction(predictor.predict(chunk), chunk, name)
             if cache is not None and store:
                 cache.put(kind, views, pred)
         return pred
 
+    def prefetch(kind: str, groups: List[np.ndarray]) -> None:
+        """Every pass not yet cached handed at once to a predictor that takes many (a pool of
+        workers), each answer cached as it arrives; the joining below then reads them back."""
+        many = getattr(predictor, "predict_many", None)
+        todo = [v for v in groups if not cache.has(kind, v)] if cache is not None else []
+        if many is None or not todo:
+            return
+        for k, (views, pred) in enumerate(zip(todo, many(chunk_input(v) for v in todo)), 1):
+            cache.put(kind, views, check_prediction(pred, chunk_input(views), name))
+            workers = getattr(predictor, "workers", None)
+            report("workers", k, len(todo), f"{kind} pass {k}/{len(todo)}" + (f" on {workers} workers" if workers else ""))
+
     report("infer", 0, n, f"{len(chunks)} pass(es)")
+    if len(chunks) > 1:
+        prefetch("chunk", [np.asarray(rng, np.int64) for rng in chunks])
     for ci, rng in enumerate(chunks):
         views = np.asarray(rng, np.int64)
         pred = predict("chunk", views, store=len(chunks) > 1)
@@ -129,7 +146,7 @@ def stitch(predictor, pixels: np.ndarray, chunks: Sequence[range], opts: Reconst
         edges = [j.edge() for j in joints]
         chain = chain_poses(len(chunks), edges)
         if want_loops and features is not None:
-            joints += _close_loops(chunks, features, chain, predict, metric, report)
+            joints += _close_loops(chunks, features, chain, predict, metric, report, prefetch)
         priors = []
         if known_poses is not None:
             priors = pose_priors(_chunk_centres(chunks, known_poses, predict), metric=metric)
@@ -241,18 +258,21 @@ def _group(rng: range, centre: int, size: int) -> np.ndarray:
     return np.arange(max(start, rng[0]), min(max(start, rng[0]) + size, rng[-1] + 1))
 
 
-def _close_loops(chunks, features, chain, predict, metric, report) -> List[Joint]:
+def _close_loops(chunks, features, chain, predict, metric, report, prefetch) -> List[Joint]:
     """Loop candidates, each checked by one more pass: the loop joints, accepted or not."""
     size = len(chunks[0])
     cands = loop_candidates(features, chunks, min_gap=size, neighbour=max(2, size // 4),
                             max_candidates=max(2, len(chunks) // 2))
     out: List[Joint] = []
     group = max(2, min(LOOP_GROUP, size // 2))
-    for k, (i, j, sim) in enumerate(cands):
-        report("align", k, len(cands), f"checking loop candidate {k + 1}/{len(cands)}")
+    plans = []
+    for i, j, sim in cands:
         ca, cb = _owner(chunks, i), _owner(chunks, j)
         ga, gb = _group(chunks[ca], i, group), _group(chunks[cb], j, group)
-        views = np.concatenate([ga, gb])
+        plans.append((ca, cb, ga, gb, np.concatenate([ga, gb]), sim))
+    prefetch("loop", [p[4] for p in plans])
+    for k, (ca, cb, ga, gb, views, sim) in enumerate(plans):
+        report("align", k, len(cands), f"checking loop candidate {k + 1}/{len(cands)}")
         pred_a = predict("chunk", np.asarray(chunks[ca], np.int64), store=True)
         pred_b = predict("chunk", np.asarray(chunks[cb], np.int64), store=True)
         loop = predict("loop", views, store=True)

@@ -1,6 +1,7 @@
 """The ``da3p`` command line: the parser and the entry point.
 
-    da3p reconstruct INPUT... -o OUT [--model ID_OR_DIR] [--export scene,ply,glb,...]
+    da3p reconstruct INPUT... -o OUT [--model ID_OR_DIR] [--export scene,ply,glb,...] [--ray [ADDRESS]]
+    da3p batch ROOT -o OUT [--ray [ADDRESS]]
     da3p export SCENE.npz -o OUT --export ply,glb,...
     da3p demo | info MODEL | train | eval | worker | blender build
 
@@ -51,6 +52,19 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=f.name, type=kind, choices=choices, default=None, help=text)
 
 
+def add_ray_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--ray [ADDRESS]`` and the worker shape."""
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help=f"{what}. Without ADDRESS: RAY_ADDRESS when set, else a local Ray instance "
+                             "(started and stopped again); with one (HOST:PORT, ray://HOST:PORT, auto): join "
+                             "that cluster")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --ray: how many workers (default: as the cluster's CPUs/GPUs allow)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="with --ray: CPUs per worker (default 1)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0,
+                        help="with --ray: GPUs per worker, a fraction shares one (default 0: CPU workers)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="da3p", description="Depth Anything 3: photos to depth, cameras, point clouds and splats.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -76,7 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--intrinsics", help="known intrinsics of the original photos: .npy/.npz/.json/.txt, (N,3,3) or one 3x3")
     r.add_argument("--poses", help="known OpenCV world-to-camera poses: .npy/.npz/.json/.txt, (N,4,4) or (N,3,4)")
     r.add_argument("--fps", type=float, default=2.0, help="frames per second sampled from videos (default 2)")
+    add_ray_arguments(r, "run the network passes of a long input on Ray workers that hold the model; the "
+                         "joining stays here (same result as without)")
     r.set_defaults(func=commands.cmd_reconstruct)
+
+    bt = sub.add_parser("batch", help="reconstruct many scenes (one folder or video each), optionally on Ray")
+    bt.add_argument("root", help="a folder holding one folder (or video) per scene, or a manifest file: one path "
+                    "per line, or JSON lines with path, name, poses, intrinsics, fps, options")
+    common_out(bt)
+    bt.add_argument("--model", default=None,
+                    help=f"model folder, .safetensors file, hub repo id or 'embedded' (default {DEFAULT_MODEL})")
+    bt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_option_arguments(bt)
+    bt.add_argument("--fps", type=float, default=2.0, help="frames per second sampled from videos (default 2)")
+    add_ray_arguments(bt, "run the scenes on Ray workers that each load the model once")
+    bt.set_defaults(func=commands.cmd_batch)
 
     e = sub.add_parser("export", help="write files from a saved scene (.npz)")
     e.add_argument("scene", help="a scene file written by da3p reconstruct (scene.npz)")
@@ -93,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "depth by RANSAC, becomes the dense label (teacher-student pseudo-labels)")
     t.add_argument("--freeze-backbone", action="store_true", help="train only the heads and camera modules")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2500)")
-    t.add_argument("--batch-size", type=int, default=None, help="scenes per step (default 4)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="scenes per step and process (default 4; under torchrun the global batch is processes x this)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-4)")
     t.add_argument("--backbone-lr-scale", type=float, default=1.0, help="backbone learning-rate factor (e.g. 0.1 to fine-tune)")
     t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 100)")

@@ -1,5 +1,5 @@
-"""The ``da3p`` commands that make and export reconstructions: reconstruct, export, demo, info,
-blender build.
+"""The ``da3p`` commands that make and export reconstructions: reconstruct, batch, export, demo,
+info, blender build.
 
 Each command takes the parsed arguments and a progress sink and returns the exit code; bad input
 raises :class:`~da3_plugins.core.errors.UserInputError`, which ``da3p`` turns into one line and
@@ -40,9 +40,61 @@ def cmd_reconstruct(args, progress: Progress) -> int:
     def get_model(source, precision):
         return load_model_for(source, device=args.device, precision=precision, progress=progress)
 
-    result = run_reconstruct(request, get_model, progress)
+    if args.ray is None:
+        result = run_reconstruct(request, get_model, progress)
+    else:
+        from da3_plugins.ray_backend import ModelLoader, RayChunkPool, check_address, ray_session
+
+        spec = worker_spec(args)
+        with ray_session(check_address(args.ray or None), info=progress.info):
+            pool = RayChunkPool(request.model, request.options.precision, spec, loader=ModelLoader(args.device))
+            progress.info(f"Ray: {pool.workers} worker(s) hold the model; the passes run there")
+            result = run_reconstruct(request, get_model, progress, pool=pool)
     report(result.folder, result.files, progress, result.summary)
     return 0
+
+
+def worker_spec(args):
+    """The :class:`~da3_plugins.ray_backend.WorkerSpec` of ``--workers`` and the per-worker flags."""
+    from da3_plugins.ray_backend import WorkerSpec
+
+    return WorkerSpec(workers=args.workers, cpus=args.cpus_per_worker, gpus=args.gpus_per_worker)
+
+
+def cmd_batch(args, progress: Progress) -> int:
+    """``da3p batch ROOT -o OUT``: many scenes, each as ``da3p reconstruct`` writes it."""
+    from da3_plugins.batch import BatchSettings, exit_code, find_jobs, format_table, run_batch
+    from da3_plugins.core.export.registry import parse_export_list
+    from da3_plugins.ray_backend import ModelLoader, check_address
+
+    ray = None
+    if args.ray is not None:  # the arguments first, then ROOT
+        ray = {"address": check_address(args.ray or None), "spec": worker_spec(args)}
+    jobs = find_jobs(args.root)
+    exports = parse_export_list(args.export)
+    options = options_from_args(args)
+    RunRequest(inputs=("-",), output=args.output, exports=exports, options=options, fps=args.fps,
+               conf_threshold=args.conf_threshold)  # the shared settings' own checks, before any scene
+    settings = BatchSettings(output=args.output, model=args.model, exports=exports, options=options, fps=args.fps,
+                             conf_threshold=args.conf_threshold, overwrite=args.overwrite)
+    progress.info(f"{len(jobs)} scene(s) from {args.root} -> {args.output}/" + (" on Ray" if ray else ""))
+    start = time.time()
+    records = run_batch(jobs, settings, progress, load_model=ModelLoader(args.device), ray=ray)
+    seconds = time.time() - start
+    code = exit_code(records)
+    ok = sum(r.status == "ok" for r in records)
+    if progress.mode == "json":
+        progress.event("done", output=str(Path(args.output)), scenes=len(records), ok=ok,
+                       skipped=sum(r.status == "skipped" for r in records),
+                       failed=sum(r.status == "failed" for r in records), seconds=round(seconds, 2), code=code)
+    else:
+        print(format_table(records))
+        rate = f"; {60 * ok / seconds:.1f} scenes per minute" if ok and seconds > 0 else ""
+        print(f"Done in {seconds:.1f} s{rate}. Records: {Path(args.output) / 'batch.jsonl'}")
+        if code:
+            print("Failed scenes left nothing behind; fix them and run the same command again: finished scenes "
+                  "are skipped.")
+    return code
 
 
 def cmd_export(args, progress: Progress) -> int:

@@ -93,7 +93,9 @@ class BarProgress(Progress):
             self._bars.pop(stage, None)
 
     def info(self, text: str) -> None:
-        print(text, file=self.stream or sys.stderr)
+        from tqdm import tqdm
+
+        tqdm.write(text, file=self.stream or sys.stderr)  # above the bars, not through them
 
     def close(self) -> None:
         for bar in self._bars.values():
@@ -240,7 +242,8 @@ class RunRequest:
         model: model folder, file, hub id or "embedded"; None: :data:`DEFAULT_MODEL`.
         exports: names from the export registry.
         options: the :class:`ReconstructOptions`.
-        poses, intrinsics: optional files of known cameras (see :func:`read_camera_files`).
+        poses, intrinsics: optional files of known cameras (see :func:`read_camera_files`), or
+            the arrays themselves.
         fps: frames per second sampled from videos.
         conf_threshold: points kept by the point exports: "auto", a number, or None (all).
         overwrite: replace an existing non-empty output folder.
@@ -251,8 +254,8 @@ class RunRequest:
     model: Optional[str] = None
     exports: Tuple[str, ...] = DEFAULT_EXPORTS
     options: ReconstructOptions = field(default_factory=ReconstructOptions)
-    poses: Optional[str] = None
-    intrinsics: Optional[str] = None
+    poses: Any = None
+    intrinsics: Any = None
     fps: float = 2.0
     conf_threshold: Any = "auto"
     overwrite: bool = False
@@ -272,7 +275,7 @@ class RunRequest:
         for name in self.exports:
             if EXPORTS[name].needs_gaussians and not self.options.infer_gs:
                 raise UserInputError(f"--export {name} needs --gaussians")
-        if self.poses and not self.intrinsics:
+        if self.poses is not None and self.intrinsics is None:
             raise UserInputError("--poses: known poses need --intrinsics too")
         if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not self.fps > 0:
             raise UserInputError(f"--fps: expected a positive number, got {self.fps!r}")
@@ -319,11 +322,15 @@ class RunResult:
         return {k: str(self.folder / v) for k, v in self.files.items()}
 
 
-def run_reconstruct(request: RunRequest, get_model: ModelGetter, progress: Optional[Progress] = None) -> RunResult:
+def run_reconstruct(request: RunRequest, get_model: ModelGetter, progress: Optional[Progress] = None, *,
+                    pool=None, postprocess: Optional[Callable] = None) -> RunResult:
     """Photos to an output folder of exports: read, reconstruct, write, rename.
 
-    ``get_model(source, precision)`` returns the model.  Bad input raises
-    :class:`UserInputError` (one line); the output folder never exists half-written."""
+    ``get_model(source, precision)`` returns the model.  ``pool``: workers that run the
+    network passes (``--ray``, :class:`~da3_plugins.ray_backend.RayChunkPool`).
+    ``postprocess(rec) -> rec`` runs before the exports (``da3p batch`` aligns depth to
+    measured depth there).  Bad input raises :class:`UserInputError` (one line); the output
+    folder never exists half-written."""
     from da3_plugins.core.images import scan_images
 
     sink = progress or Progress()
@@ -345,7 +352,9 @@ def run_reconstruct(request: RunRequest, get_model: ModelGetter, progress: Optio
             sink.info(f"the result is larger than memory allows: writing it as the scene folder {out.target / 'scene'}")
         start = time.time()
         rec = model.reconstruct(scan, request.options, extrinsics=ext, intrinsics=k, progress=sink,
-                                cache_dir=cache, scene_dir=scene_dir)
+                                cache_dir=cache, scene_dir=scene_dir, **({"pool": pool} if pool is not None else {}))
+        if postprocess is not None:
+            rec = postprocess(rec)
         seconds = time.time() - start
         files = write_exports(rec, out.tmp, exports, conf_threshold=request.conf_threshold, progress=sink.update)
         if scene_dir is not None:
@@ -437,7 +446,11 @@ def _load_matrix_file(path: str, flag: str, key: str):
     return np.asarray(arr, dtype=np.float64)
 
 
-def read_camera_files(poses: Optional[str], intrinsics: Optional[str], n: int):
+def _label(value) -> str:
+    return str(value) if isinstance(value, (str, os.PathLike)) else "(the given array)"
+
+
+def read_camera_files(poses: Any, intrinsics: Any, n: int):
     """Known cameras from files -> (world-to-camera (n, 3|4, 4) or None, K (n, 3, 3) or None).
 
     Intrinsics: (n, 3, 3), one 3x3 for every view, or n rows of 9.  Poses: (n, 4, 4) or
@@ -445,20 +458,26 @@ def read_camera_files(poses: Optional[str], intrinsics: Optional[str], n: int):
     import numpy as np
 
     ext = k = None
-    if intrinsics:
+    if intrinsics is not None and not isinstance(intrinsics, (str, os.PathLike)):
+        k = np.asarray(intrinsics, np.float64)
+    elif intrinsics:
         k = _load_matrix_file(intrinsics, "--intrinsics", "intrinsics")
+    if k is not None:
         if k.shape == (3, 3):
             k = np.tile(k, (n, 1, 1))
         elif k.ndim == 2 and k.shape[1] == 9:
             k = k.reshape(-1, 3, 3)
         if k.shape != (n, 3, 3):
-            raise UserInputError(f"--intrinsics {intrinsics}: expected {n} 3x3 matrices for {n} images, "
+            raise UserInputError(f"--intrinsics {_label(intrinsics)}: expected {n} 3x3 matrices for {n} images, "
                                  f"got shape {k.shape}")
-    if poses:
+    if poses is not None and not isinstance(poses, (str, os.PathLike)):
+        ext = np.asarray(poses, np.float64)
+    elif poses:
         ext = _load_matrix_file(poses, "--poses", "extrinsics")
+    if ext is not None:
         if ext.ndim == 2 and ext.shape[1] in (12, 16):
             ext = ext.reshape(-1, ext.shape[1] // 4, 4)
         if ext.shape not in ((n, 4, 4), (n, 3, 4)):
-            raise UserInputError(f"--poses {poses}: expected {n} world-to-camera 4x4 or 3x4 matrices for "
+            raise UserInputError(f"--poses {_label(poses)}: expected {n} world-to-camera 4x4 or 3x4 matrices for "
                                  f"{n} images, got shape {ext.shape}")
     return ext, k

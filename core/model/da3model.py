@@ -70,7 +70,7 @@ class DA3Model:
         return CHECKPOINT_LICENSES.get(self.preset, "unknown")
 
     def reconstruct(self, images, options=None, *, extrinsics=None, intrinsics=None, fps: Optional[float] = 2.0,
-                    progress=None, cache_dir=None, **option_values):
+                    progress=None, cache_dir=None, pool=None, **option_values):
         """Photos in, a :class:`~da3_plugins.core.reconstruction.Reconstruction` out.
 
         Args:
@@ -99,6 +99,9 @@ class DA3Model:
             cache_dir: where chunk predictions of a long run are kept so that the same call
                 resumes after an interruption (removed on success; default: a temporary folder).
             progress: a callable receiving :class:`~da3_plugins.core.pipeline.ProgressEvent`.
+            pool: workers holding this same model that run the passes of a long input
+                (:class:`~da3_plugins.core.predictor.ChunkPool`; ``da3p reconstruct --ray``);
+                the result equals the serial one.
 
         The result's ``options`` is a :class:`~da3_plugins.core.options.SceneOptions`: these
         options with the values actually used, plus ``camera_source`` and ``passes``.
@@ -106,7 +109,7 @@ class DA3Model:
         from ..pipeline import reconstruct
 
         return reconstruct(self, images, options, extrinsics=extrinsics, intrinsics=intrinsics, fps=fps,
-                           progress=progress, cache_dir=cache_dir, **option_values)
+                           progress=progress, cache_dir=cache_dir, pool=pool, **option_values)
 
     def save_pretrained(self, folder: Union[str, os.PathLike], dtype: torch.dtype = torch.float32) -> Path:
         """Write ``config.json`` + ``model.safetensors`` in the published layout.
