@@ -9,7 +9,9 @@ A **scene folder** is one of (``docs/training-data.md`` has the details and an e
          "depth_unit": 0.001}
 
     ``depth`` is optional per frame (missing or null: unknown, all zeros); a ``.npy`` holds
-    float depth as is, a 16-bit ``.png`` holds ``depth / depth_unit`` (0 = unknown).
+    float depth as is, a 16-bit ``.png`` holds ``depth / depth_unit`` (0 = unknown).  With a
+    top-level ``"min_conf"``, a frame's optional ``"conf"`` (``.npy``, the image's size) makes
+    pixels with ``conf < min_conf`` unknown (depth 0), as ``da3p``'s ``depth`` export writes.
 
 (b) a COLMAP project: ``images/`` plus a sparse model in ``sparse/0/`` or ``sparse/`` (binary
     or text).  Depth comes from ``depth/<image stem>.npy`` or ``.png`` when a ``depth/``
@@ -195,6 +197,7 @@ class _View:
     k: np.ndarray  # (3, 3) in pixels of k_size (or of the image itself when k_size is None)
     w2c: np.ndarray  # (3, 4)
     depth: Optional[Path] = None  # a depth file, or None
+    conf: Optional[Path] = None  # a confidence .npy (simple format), or None
     sparse: Optional[Tuple[np.ndarray, np.ndarray]] = None  # (xys (M, 2) in k_size pixels, z (M,))
     k_size: Optional[Tuple[int, int]] = None  # (H, W) K and xys refer to; checked against the image
 
@@ -216,49 +219,19 @@ def load_scene_folder(path: PathLike, max_views: Optional[int] = None) -> Traini
     """
     path = Path(path)
     _check_max_views(max_views)
-    if not path.is_dir():
-        raise DatasetError(f"{path}: not a folder")
-    cfg = _read_cameras_json(path)
-    if cfg is not None and "frames" in cfg:
-        views = _simple_views(path, cfg, max_views)
-    else:
-        sparse = sparse_model_folder(path)
-        if sparse is None:
-            if cfg is not None:
-                raise DatasetError(f"{path / 'cameras.json'}: no 'frames' list (and no COLMAP model in sparse/)")
-            raise DatasetError(f"{path}: not a scene folder (expected cameras.json, or images/ and a COLMAP model in "
-                             "sparse/0/ or sparse/)")
-        views = _colmap_views(path, read_colmap_model(sparse), max_views)
-    unit_cache: Dict[Path, float] = {}
-
-    def png_unit(depth_file: Path) -> float:
-        if depth_file.parent not in unit_cache:
-            unit_cache[depth_file.parent] = _png_unit(path, cfg, depth_file)
-        return unit_cache[depth_file.parent]
-
+    views, cfg, min_conf = _scene_views(path, max_views)
+    png_unit = _png_unit_reader(path, cfg)
     images, depths, ks, w2cs = [], [], [], []
     size: Optional[Tuple[int, int]] = None
     for view in views:
         img = _read_image(view.image)
         h, w = img.shape[:2]
-        k = np.asarray(view.k, np.float64)
-        xys = None if view.sparse is None else view.sparse[0]
-        if view.k_size is not None and view.k_size != (h, w):
-            kh, kw = view.k_size
-            if abs((w / h) / (kw / kh) - 1) > 1e-2:
-                raise DatasetError(f"{view.image}: the image is {w} x {h} but its COLMAP camera is {kw} x {kh} "
-                                 "(a different aspect ratio)")
-            k = conv.rescale_intrinsics(k, (kh, kw), (h, w))
-            if xys is not None:
-                xys = xys * np.array([w / kw, h / kh])
+        k, xys = _fit_camera(view, h, w)
         if size is None:
             size = (h, w)
         th, tw = size
         if view.depth is not None:
-            d = _read_depth(view.depth, png_unit)
-            if d.shape != (h, w):
-                raise DatasetError(f"{view.depth}: depth is {d.shape[1]} x {d.shape[0]} but its image "
-                                 f"{view.image.name} is {w} x {h}")
+            d = _view_depth(view, h, w, png_unit, min_conf)
             if (h, w) != size:
                 d = np.asarray(Image.fromarray(d).resize((tw, th), Image.NEAREST), np.float32)
         elif view.sparse is not None:
@@ -281,6 +254,75 @@ def _check_max_views(max_views) -> None:
     if max_views is not None and (isinstance(max_views, bool) or not isinstance(max_views, (int, np.integer))
                                   or max_views < 1):
         raise DatasetError(f"max_views: expected None or an integer >= 1, got {max_views!r}")
+
+
+def _scene_views(path: Path, max_views: Optional[int]) -> Tuple[List[_View], Optional[Dict[str, Any]], Optional[float]]:
+    """A scene folder's views (format (a) ``cameras.json`` with ``frames``, else (b) COLMAP),
+    its ``cameras.json`` (or None) and its ``min_conf`` (None: no confidence masking)."""
+    if not path.is_dir():
+        raise DatasetError(f"{path}: not a folder")
+    cfg = _read_cameras_json(path)
+    if cfg is not None and "frames" in cfg:
+        return _simple_views(path, cfg, max_views), cfg, _min_conf(path, cfg)
+    sparse = sparse_model_folder(path)
+    if sparse is None:
+        if cfg is not None:
+            raise DatasetError(f"{path / 'cameras.json'}: no 'frames' list (and no COLMAP model in sparse/)")
+        raise DatasetError(f"{path}: not a scene folder (expected cameras.json, or images/ and a COLMAP model in "
+                           "sparse/0/ or sparse/)")
+    return _colmap_views(path, read_colmap_model(sparse), max_views), cfg, None
+
+
+def _png_unit_reader(scene: Path, cfg: Optional[Dict[str, Any]]):
+    """``png_unit(depth_file)`` for :func:`_read_depth`: :func:`_png_unit`, once per folder."""
+    cache: Dict[Path, float] = {}
+    return lambda f: cache[f.parent] if f.parent in cache else cache.setdefault(f.parent, _png_unit(scene, cfg, f))
+
+
+def _fit_camera(view: _View, h: int, w: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The view's K and sparse observations (or None) in pixels of its h x w image file (a
+    COLMAP camera of another size is scaled; a different aspect ratio is an error)."""
+    k = np.asarray(view.k, np.float64)
+    xys = None if view.sparse is None else view.sparse[0]
+    if view.k_size is not None and view.k_size != (h, w):
+        kh, kw = view.k_size
+        if abs((w / h) / (kw / kh) - 1) > 1e-2:
+            raise DatasetError(f"{view.image}: the image is {w} x {h} but its COLMAP camera is {kw} x {kh} "
+                               "(a different aspect ratio)")
+        k = conv.rescale_intrinsics(k, (kh, kw), (h, w))
+        if xys is not None:
+            xys = xys * np.array([w / kw, h / kh])
+    return k, xys
+
+
+def _view_depth(view: _View, h: int, w: int, png_unit, min_conf: Optional[float]) -> np.ndarray:
+    """The view's depth file read and checked against its h x w image; with ``min_conf`` and a
+    confidence file, pixels with ``conf < min_conf`` become 0 (unknown)."""
+    d = _read_depth(view.depth, png_unit)
+    if d.shape != (h, w):
+        raise DatasetError(f"{view.depth}: depth is {d.shape[1]} x {d.shape[0]} but its image "
+                           f"{view.image.name} is {w} x {h}")
+    if min_conf is not None and view.conf is not None:
+        f = view.conf
+        if not f.is_file() or f.suffix.lower() != ".npy":
+            raise DatasetError(f"{f}: confidence file missing" if not f.is_file() else f"{f}: use .npy for confidence")
+        c = _read_npy_map(f)
+        if np.isnan(c).any():
+            raise DatasetError(f"{f}: NaN confidence values")
+        if c.shape != (h, w):
+            raise DatasetError(f"{view.conf}: confidence is {c.shape[1]} x {c.shape[0]} but its image "
+                               f"{view.image.name} is {w} x {h}")
+        d = np.where(c < min_conf, np.float32(0), d)
+    return d
+
+
+def _min_conf(scene: Path, cfg: Dict[str, Any]) -> Optional[float]:
+    """``cameras.json``'s ``min_conf``: a finite number, or None when missing or null."""
+    value = cfg.get("min_conf")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+        raise DatasetError(f"{scene / 'cameras.json'}: 'min_conf' must be a number or null, got {value!r}")
+    return None if value is None else float(value)
 
 
 def _read_cameras_json(scene: Path) -> Optional[Dict[str, Any]]:
@@ -336,8 +378,12 @@ def _simple_views(scene: Path, cfg: Dict[str, Any], max_views: Optional[int]) ->
         depth = fr.get("depth")
         if depth is not None and (not isinstance(depth, str) or not depth):
             raise DatasetError(f"{where}.depth: expected a path relative to the scene folder, or null")
+        conf = fr.get("conf")
+        if conf is not None and (not isinstance(conf, str) or not conf):
+            raise DatasetError(f"{where}.conf: expected a path (.npy) relative to the scene folder, or null")
         views.append(_View(image=scene / fr["image"], k=k, w2c=w2c[:3],
-                           depth=None if depth is None else scene / depth))
+                           depth=None if depth is None else scene / depth,
+                           conf=None if conf is None else scene / conf))
     return views
 
 
@@ -441,15 +487,7 @@ def _read_depth(f: Path, png_unit) -> np.ndarray:
         raise DatasetError(f"{f}: depth file missing")
     suffix = f.suffix.lower()
     if suffix == ".npy":
-        try:
-            d = np.load(f, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise DatasetError(f"{f}: cannot be read as .npy ({_first_line(e)})") from None
-        if d.ndim == 3 and d.shape[-1] == 1:
-            d = d[..., 0]
-        if d.ndim != 2 or d.dtype.kind not in "fiu":
-            raise DatasetError(f"{f}: expected an (H, W) array of numbers, got {d.dtype} {d.shape}")
-        d = d.astype(np.float32)
+        d = _read_npy_map(f)
     elif suffix == ".png":
         try:
             with Image.open(f) as im:
@@ -470,6 +508,19 @@ def _read_depth(f: Path, png_unit) -> np.ndarray:
     if np.any(d < 0):
         raise DatasetError(f"{f}: negative depth values (use 0 for unknown)")
     return d
+
+
+def _read_npy_map(f: Path) -> np.ndarray:
+    """(H, W) float32 from an ``.npy`` file of an (H, W) or (H, W, 1) array of numbers."""
+    try:
+        d = np.load(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"{f}: cannot be read as .npy ({_first_line(e)})") from None
+    if d.ndim == 3 and d.shape[-1] == 1:
+        d = d[..., 0]
+    if d.ndim != 2 or d.dtype.kind not in "fiu":
+        raise DatasetError(f"{f}: expected an (H, W) array of numbers, got {d.dtype} {d.shape}")
+    return d.astype(np.float32)
 
 
 # ------------------------------------------------------------------------------ writing

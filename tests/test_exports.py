@@ -272,8 +272,16 @@ def test_depth_images(rec, tmp_path):
     folder = write_depth_images(tmp_path / "depth", rec)
     _assert_unchanged(rec, before)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted(["depth_units.json"] + [f"{s}_{kind}.png" for s in "abc"
-                                                   for kind in ("depth", "conf", "depth16", "preview")])
+    pictures = ["depth_units.json"] + [f"{s}_{kind}.png" for s in "abc"
+                                       for kind in ("depth", "conf", "depth16", "preview")]
+    # the folder is also a training-data scene (tests/test_pseudo_labels.py reads it back)
+    training = ["cameras.json", "images"] + [f"{s}_{kind}.npy" for s in "abc" for kind in ("depth", "conf")]
+    assert names == sorted(pictures + training)
+    assert sorted(p.name for p in (folder / "images").iterdir()) == ["a.png", "b.png", "c.png"]
+    only_pictures = write_depth_images(tmp_path / "pictures", rec, training=False)
+    assert sorted(p.name for p in only_pictures.iterdir()) == sorted(pictures)
+    for name in pictures:
+        assert (only_pictures / name).read_bytes() == (folder / name).read_bytes(), name
     colour = np.asarray(Image.open(folder / "a_depth.png"))
     assert colour.shape == (H, W, 3) and colour.dtype == np.uint8 and colour.std() > 0
     # near is warm: the nearest tenth is redder than the farthest tenth, which is bluer

@@ -9,6 +9,12 @@
   1e-3 (millimetres for metric depth, nerfstudio's default ``depth_unit_scale_factor``) unless
   the largest depth would not fit in 16 bits, then ``max_depth / 65535``.  The unit is written
   beside the PNGs in ``depth_units.json``.  The depth is z-depth, at the processed resolution.
+* **Training data**: the folder is also a scene folder of the simple training-data format
+  (``docs/training-data.md``, read by :mod:`core.datasets`): ``images/<stem>.png`` (the
+  processed images), ``<stem>_depth.npy`` (float32 z-depth, 0 where invalid or sky),
+  ``<stem>_conf.npy`` (float32 confidence) and ``cameras.json`` (K and OpenCV world-to-camera
+  at the processed resolution, ``min_conf``: the "auto" confidence threshold), so that
+  ``da3p train --data`` reads it directly.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ..points import resolve_conf_threshold
 from ..reconstruction import Reconstruction, atomic_folder
 
 PathLike = Union[str, os.PathLike]
@@ -157,7 +164,8 @@ def file_stems(rec: Reconstruction) -> List[str]:
 
 
 def write_depth_images(folder: PathLike, rec: Reconstruction, *, colour: bool = True, raw16: bool = True,
-                       preview: bool = True, unit: Optional[float] = None, overwrite: bool = False) -> Path:
+                       preview: bool = True, training: bool = True, unit: Optional[float] = None,
+                       overwrite: bool = False) -> Path:
     """Write per-view depth pictures and data into ``folder`` (written whole, atomically).
 
     Per view (``<stem>`` from :func:`file_stems`), all at the processed resolution:
@@ -166,9 +174,19 @@ def write_depth_images(folder: PathLike, rec: Reconstruction, *, colour: bool = 
     * ``<stem>_conf.png``: colour-mapped confidence, when the reconstruction has one;
     * ``<stem>_depth16.png``: 16-bit depth, ``depth = value * unit`` (0 = no depth), with
       ``depth_units.json`` recording ``unit`` (one unit for all views);
-    * ``<stem>_preview.png``: the processed photo and its depth picture side by side.
+    * ``<stem>_preview.png``: the processed photo and its depth picture side by side;
+    * with ``training`` (the default), a training-data scene folder (the simple format of
+      ``docs/training-data.md``): ``images/<stem>.png`` (the processed image),
+      ``<stem>_depth.npy`` (float32 z-depth, 0 where invalid: non-finite, non-positive, sky),
+      ``<stem>_conf.npy`` (float32 confidence, when the reconstruction has one; NaN written
+      as 0) and ``cameras.json``: ``frames`` of ``{image, K, w2c (3x4), depth, conf}`` (paths
+      relative to ``folder``; K and OpenCV world-to-camera of the processed images) and
+      ``min_conf``, the "auto" confidence threshold of the reconstruction
+      (:func:`core.points.resolve_conf_threshold`), or null without confidence: the loader
+      makes pixels with ``conf < min_conf`` unknown.
 
     Args:
+        training: also write the training-data files (``images/``, ``*.npy``, ``cameras.json``).
         unit: the 16-bit depth step; default: see :func:`depth_to_uint16`.
         overwrite: replace an existing ``folder``; otherwise an existing folder is an error.
 
@@ -176,12 +194,18 @@ def write_depth_images(folder: PathLike, rec: Reconstruction, *, colour: bool = 
         ``folder``.
     """
     folder = Path(folder)
+    stems = file_stems(rec)
     with atomic_folder(folder, overwrite) as tmp:
         if raw16:
             unit = default_depth_unit(largest_depth(rec)) if unit is None else float(unit)
-        for i, stem in enumerate(file_stems(rec)):  # view by view: memory maps stay on disk
+        if training:
+            (tmp / "images").mkdir()
+            frames = []
+        for i, stem in enumerate(stems):  # view by view: memory maps stay on disk
             valid = rec.valid_mask(None, drop_sky=True, views=slice(i, i + 1))[0]
             coloured = colorize_depth(rec.depth[i], valid)
+            if training:
+                frames.append(_write_training_view(tmp, rec, i, stem, valid))
             if colour:
                 Image.fromarray(coloured).save(tmp / f"{stem}_depth.png")
                 if rec.conf is not None:
@@ -197,6 +221,32 @@ def write_depth_images(folder: PathLike, rec: Reconstruction, *, colour: bool = 
                 "meaning": "depth = png_value * unit; z-depth along the optical axis; 0 = no depth (invalid or sky)",
                 "metric": rec.is_metric,
                 "resolution": [rec.height, rec.width],
-                "files": {stem: f"{stem}_depth16.png" for stem in file_stems(rec)},
+                "files": {stem: f"{stem}_depth16.png" for stem in stems},
             }, indent=2))
+        if training:
+            min_conf = None if rec.conf is None else float(resolve_conf_threshold("auto", rec.conf))
+            (tmp / "cameras.json").write_text(json.dumps({
+                "frames": frames,
+                "min_conf": min_conf,
+                "meaning": "a training-data scene folder (docs/training-data.md): processed images, z-depth "
+                           "(0 = unknown), confidence; pixels with conf < min_conf are unknown",
+                "metric": rec.is_metric,
+            }, indent=1))
     return folder
+
+
+def _write_training_view(tmp: Path, rec: Reconstruction, i: int, stem: str, valid: np.ndarray) -> dict:
+    """View ``i``'s image, depth (0 where not ``valid``) and confidence files in ``tmp``; its
+    ``cameras.json`` frame."""
+    Image.fromarray(np.ascontiguousarray(rec.images[i])).save(tmp / "images" / f"{stem}.png")
+    np.save(tmp / f"{stem}_depth.npy", np.where(valid, rec.depth[i], 0).astype(np.float32))
+    frame = {"image": f"images/{stem}.png",
+             "K": np.asarray(rec.intrinsics[i], np.float64).tolist(),
+             "w2c": np.asarray(rec.extrinsics[i], np.float64)[:3].tolist(),
+             "depth": f"{stem}_depth.npy"}
+    if rec.conf is not None:
+        conf = np.nan_to_num(np.asarray(rec.conf[i], np.float32), nan=0.0, posinf=np.finfo(np.float32).max,
+                             neginf=0.0)
+        np.save(tmp / f"{stem}_conf.npy", conf)
+        frame["conf"] = f"{stem}_conf.npy"
+    return frame

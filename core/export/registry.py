@@ -92,8 +92,9 @@ _FORMATS: Tuple[ExportFormat, ...] = (
     ExportFormat("nerfstudio", "nerfstudio", "nerfstudio:write_nerfstudio", False,
                  "ns-train splatfacto --data <folder>", "transforms.json + images + seed points (+ 16-bit depth)"),
     ExportFormat("depth", "depth", "depth_images:write_depth_images", False,
-                 "any image viewer (colour maps) or tools reading 16-bit PNG",
-                 "*_depth.png (colour), *_conf.png, *_depth16.png, *_preview.png", default=True),
+                 "any image viewer (colour maps), tools reading 16-bit PNG, da3p train --data",
+                 "*_depth.png (colour), *_conf.png, *_depth16.png, *_preview.png; a training-data scene: "
+                 "cameras.json, images/, *_depth.npy, *_conf.npy ([format](docs/training-data.md))", default=True),
     ExportFormat("preview", "preview.png", "preview:write_preview", False,
                  "any image viewer (input views, depth maps, a rendered novel view)",
                  "input views, turbo depth maps and a novel view rendered by the core's rasteriser",
