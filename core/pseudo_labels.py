@@ -236,7 +236,7 @@ def align_to_measured(rec: Reconstruction, measured: Measured, *,
         ``(aligned, stats)``.  ``aligned`` is ``rec`` with ``depth`` replaced by
         :func:`core.training.data.pseudo_label_depth`'s (RANSAC scale and shift per view;
         0 where the aligned depth is not positive); views that could not be aligned (fewer than
-        ``min_points`` measurements, or a fit with a non-positive scale) get depth 0 and confidence 0, so
+        ``min_points`` measurements, or a fit with a non-positive scale) get depth 0 and confidence NaN, so
         they are unknown in the labels.  Everything else is ``rec``'s (poses and translations
         are not rescaled).  ``stats``: ``views``, ``aligned`` (count), ``median_abs_rel``
         (median of |aligned - measured| / measured over the measured pixels of the aligned
@@ -271,7 +271,7 @@ def align_to_measured(rec: Reconstruction, measured: Measured, *,
             fit = _scale_shift(teacher, aligned)
         if fit is None or not fit[0] > 0:
             if conf is not None:
-                conf[i] = 0
+                conf[i] = np.nan  # unknown: left out of the "auto" threshold (exports write it as 0)
             per_view.append({"points": points, "scale": None, "shift": None, "abs_rel": None})
             continue
         depth[i] = aligned

@@ -342,7 +342,8 @@ def run_batch(jobs: List[SceneJob], settings: BatchSettings, progress: Progress,
             from da3_plugins.ray_backend import ray_session, run_scenes
 
             with ray_session(ray.get("address"), info=progress.info):
-                run_scenes(todo, settings, ray["spec"], emit, loader=load_model, info=progress.info)
+                run_scenes(todo, settings, ray["spec"], emit, task=run_scene, failure=SceneRecord.failure,
+                           loader=load_model, info=progress.info)
     finally:
         log.close()
         progress.close()

@@ -10,7 +10,7 @@ imports it, and only when a Ray run starts.
 * :class:`RayChunkPool` answers network passes in order
   (:class:`~da3_plugins.core.predictor.ChunkPool`); the driver keeps the joining, loop closure
   and pose graph, so the result equals the serial run.
-* :func:`run_scenes` runs scene jobs of :mod:`da3_plugins.batch` on scene workers.
+* :func:`run_scenes` runs scene jobs (``da3p batch``) on scene workers.
 
 A worker that dies (killed, out of memory) is restarted and its scene or pass is retried
 (:attr:`WorkerSpec.retries` times); a scene that still fails is reported and the others go on.
@@ -189,11 +189,10 @@ class _SceneWorker:
         self.models = _Models(loader)
         self.settings = settings
 
-    def run(self, job):
-        from da3_plugins.batch import run_scene
+    def run(self, task: Callable, job):
         from da3_plugins.runner import Progress
 
-        return run_scene(job, self.settings, self.models, Progress())
+        return task(job, self.settings, self.models, Progress())
 
     def pid(self) -> int:
         return os.getpid()
@@ -260,14 +259,14 @@ def _get(ray, ref):
         raise
 
 
-def run_scenes(jobs, settings, spec: WorkerSpec, emit: Callable, *, loader: Optional[Callable] = None,
-               info: Callable[[str], None] = lambda text: None) -> None:
-    """Run scene jobs on Ray scene workers; ``emit(record)`` as each finishes (any order).
+def run_scenes(jobs, settings, spec: WorkerSpec, emit: Callable, *, task: Callable, failure: Callable,
+               loader: Optional[Callable] = None, info: Callable[[str], None] = lambda text: None) -> None:
+    """Run scene jobs on Ray scene workers: ``task(job, settings, get_model, progress) -> record``
+    there, ``emit(record)`` here as each finishes (any order).
 
     A worker that dies is restarted and its scene retried (``spec.retries``); a scene whose
-    worker died every time is a failed record, and a new worker takes its place."""
-    from da3_plugins.batch import SceneRecord
-
+    worker died every time is ``failure(job, message, code=1)``, and a new worker takes its
+    place."""
     ray = _import_ray()
     actor = ray.remote(_SceneWorker).options(**spec.options())
     make = lambda: actor.remote(loader or ModelLoader(), settings, spec.cpus)  # noqa: E731
@@ -280,21 +279,20 @@ def run_scenes(jobs, settings, spec: WorkerSpec, emit: Callable, *, loader: Opti
         while queue or running:
             while queue and idle:
                 a, job = idle.popleft(), queue.popleft()
-                running[a.run.remote(job)] = (a, job)
+                running[a.run.remote(task, job)] = (a, job)
             ready, _ = ray.wait(list(running), num_returns=1)
             a, job = running.pop(ready[0])
             try:
                 record = ray.get(ready[0])
             except ray.exceptions.RayActorError as exc:
-                record = SceneRecord.failure(job, f"the Ray worker died {spec.retries + 1} time(s) "
+                record = failure(job, f"the Ray worker died {spec.retries + 1} time(s) "
                                                   f"({type(exc).__name__}); a new one takes its place", code=1)
                 with contextlib.suppress(Exception):
                     ray.kill(a)
                 a = make()
             except ray.exceptions.RayTaskError as exc:
-                record = SceneRecord.failure(job, f"{type(getattr(exc, 'cause', exc)).__name__}: "
-                                                  f"{str(getattr(exc, 'cause', exc)).splitlines()[0] if str(exc) else ''}",
-                                             code=1)
+                cause = getattr(exc, "cause", None) or exc
+                record = failure(job, f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}", code=1)
             idle.append(a)
             emit(record)
     finally:

@@ -203,3 +203,43 @@ def test_a_killed_batch_leaves_no_partial_scene_and_resumes(tmp_path):
     assert sum(r["status"] == "ok" for r in recs.values()) == 6 - len(done)
     assert sorted(p.name for p in out.iterdir()) == ["batch.jsonl"] + [f"scene{s}" for s in range(6)]
     assert "6 scenes" in code.stdout and "skipped" in code.stdout
+
+
+def test_teacher_pseudo_labels_at_dataset_scale(tmp_path):
+    """Scene folders with sparse, noisy metric depth (2% of the pixels, true depth x 2.5) in the
+    training-data format -> ``da3p batch --export depth``: the teacher's depth aligned to them, in
+    the training-data format, on which ``da3p train --data OUT`` trains directly."""
+    from da3_plugins.core.datasets import FolderDataset, TrainingSample, write_scene_folder
+    from da3_plugins.core.synthetic import make_scene
+
+    root = tmp_path / "scans"
+    truth = {}
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        s = make_scene("room", num_views=4, height=126, width=168, seed=10 + i)
+        metric = s.depth * 2.5
+        sparse = np.where((rng.random(metric.shape) < 0.02) & (metric > 0),
+                          metric * (1 + 0.01 * rng.standard_normal(metric.shape)), 0).astype(np.float32)
+        w2c = s.extrinsics.copy()
+        w2c[:, :3, 3] *= 2.5
+        write_scene_folder(root / f"room{i}", TrainingSample(s.images, sparse, w2c, s.intrinsics))
+        truth[f"room{i}"] = metric
+    out = tmp_path / "labels"
+    assert main(["batch", str(root), "-o", str(out), "--model", "embedded", "--process-res", "168",
+                 "--export", "depth", "--progress", "none"]) == 0
+    recs = [json.loads(line) for line in (out / "batch.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in recs] == ["ok", "ok"] and all("4/4 views aligned" in r["aligned"] for r in recs)
+    ds = FolderDataset(out)
+    assert ds.names == ["room0/depth", "room1/depth"]
+    for i, name in enumerate(ds.names):
+        sample = ds[i]
+        true = truth[name.split("/")[0]]
+        assert sample.depth.shape == true.shape  # 168 px: the photos' own size
+        known = (sample.depth > 0) & (true > 0)
+        assert known.mean() > 0.3
+        rel = np.abs(sample.depth[known] / true[known] - 1)
+        assert np.median(rel) < 0.25, np.median(rel)  # metric: the teacher's depth, at the measured scale
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(out), "-o", str(run), "--steps", "2", "--batch-size", "1", "--size", "42x56",
+                 "--views", "2-2", "--progress", "none", "--save-every", "2"]) == 0
+    assert (run / "model.safetensors").is_file() and len((run / "train_log.jsonl").read_text().splitlines()) == 2
