@@ -247,3 +247,10 @@ def test_teacher_pseudo_labels_at_dataset_scale(tmp_path):
                      "--views", "2-2", "--progress", "none", "--save-every", "2"])
     assert code == 0
     assert (run / "model.safetensors").is_file() and len((run / "train_log.jsonl").read_text().splitlines()) == 2
+
+
+def test_ray_is_an_optional_extra_nothing_imports():
+    code = ("import sys, da3_plugins.cli, da3_plugins.batch, da3_plugins.ray_backend, da3_plugins.runner, "
+            "da3_plugins.core, da3_plugins.open3d; print('ray' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
