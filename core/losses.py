@@ -17,44 +17,57 @@
   the first camera, so that every scene has unit scale;
 * :func:`ransac_scale_shift` -- aligns a teacher's relative depth to sparse / noisy metric depth.
 
-All take (B, N, H, W) maps and a boolean ``mask`` of valid pixels.
+All take (B, N, H, W) maps and a boolean ``mask`` of valid pixels.  The masked means divide by
+the count of valid elements of the batch; their ``divisor`` argument replaces that count (for
+data-parallel training, where each process holds a part of the batch, the count of the whole
+batch divided by the number of processes: then the mean of the processes' losses is the whole
+batch's loss).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+Divisor = Optional[Callable[[Tensor], Tensor]]
+"""Turns a batch's count of valid elements into what its masked sum is divided by; None: the
+count itself (at least 1)."""
+
+
+def _masked_mean(x: Tensor, mask: Tensor, divisor: Divisor = None) -> Tensor:
     m = mask.to(x.dtype)
     while m.dim() < x.dim():
         m = m[..., None]
     m = m.expand_as(x)
-    return (x * m).sum() / m.sum().clamp(min=1.0)
+    count = m.sum()
+    return (x * m).sum() / (count.clamp(min=1.0) if divisor is None else divisor(count))
 
 
-def depth_loss(pred: Tensor, gt: Tensor, conf: Tensor, mask: Tensor, lambda_c: float = 0.2) -> Tensor:
+def depth_loss(pred: Tensor, gt: Tensor, conf: Tensor, mask: Tensor, lambda_c: float = 0.2,
+               divisor: Divisor = None) -> Tensor:
     """(1/Z) sum_p m_p (c_p |D^_p - D_p| - lambda_c log c_p)."""
-    return _masked_mean(conf * (pred - gt).abs() - lambda_c * torch.log(conf), mask)
+    return _masked_mean(conf * (pred - gt).abs() - lambda_c * torch.log(conf), mask, divisor)
 
 
-def ray_loss(pred: Tensor, gt: Tensor, mask: Tensor, conf: Optional[Tensor] = None, lambda_c: float = 0.2) -> Tensor:
+def ray_loss(pred: Tensor, gt: Tensor, mask: Tensor, conf: Optional[Tensor] = None, lambda_c: float = 0.2,
+             divisor: Divisor = None) -> Tensor:
     """Mean L1 between ray maps (..., 6) over valid cells; with the ray head's confidence
     ``conf`` it is weighted like the depth loss: c |R^ - R| - lambda_c log c."""
     err = (pred - gt).abs().sum(-1)
     if conf is not None:
         err = conf * err - lambda_c * torch.log(conf)
-    return _masked_mean(err, mask)
+    return _masked_mean(err, mask, divisor)
 
 
-def point_loss(depth: Tensor, directions: Tensor, origins: Tensor, gt_points: Tensor, mask: Tensor) -> Tensor:
+def point_loss(depth: Tensor, directions: Tensor, origins: Tensor, gt_points: Tensor, mask: Tensor,
+               divisor: Divisor = None) -> Tensor:
     """Mean L1 between D^ * d + t and the true points (..., 3) over valid pixels."""
     pts = depth[..., None] * directions + origins
-    return _masked_mean((pts - gt_points).abs().sum(-1), mask)
+    return _masked_mean((pts - gt_points).abs().sum(-1), mask, divisor)
 
 
 def camera_loss(pred: Tensor, gt: Tensor) -> Tensor:
@@ -94,7 +107,7 @@ def correspondence_targets(points: Tensor, mask: Tensor, depth: Tensor, intrinsi
     return idx.flatten(2), ok.flatten(2)
 
 
-def correspondence_loss(queries: Tensor, keys: Tensor, idx: Tensor, ok: Tensor) -> Tensor:
+def correspondence_loss(queries: Tensor, keys: Tensor, idx: Tensor, ok: Tensor, divisor: Divisor = None) -> Tensor:
     """Cross-entropy of softmax(q k^T / sqrt(d)) over view 0's patches against ``idx``.
 
     queries (B, N-1, P, d): one head's queries of the patches of views 1..; keys (B, P, d): its
@@ -102,16 +115,16 @@ def correspondence_loss(queries: Tensor, keys: Tensor, idx: Tensor, ok: Tensor) 
     """
     logits = torch.einsum("bnpd,bqd->bnpq", queries, keys) / queries.shape[-1] ** 0.5
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 2), idx.flatten(), reduction="none")
-    return _masked_mean(ce, ok.flatten())
+    return _masked_mean(ce, ok.flatten(), divisor)
 
 
-def gradient_loss(pred: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
+def gradient_loss(pred: Tensor, gt: Tensor, mask: Tensor, divisor: Divisor = None) -> Tensor:
     """||grad_x D^ - grad_x D||_1 + ||grad_y D^ - grad_y D||_1 where both pixels are valid."""
     gx = (pred[..., :, 1:] - pred[..., :, :-1]) - (gt[..., :, 1:] - gt[..., :, :-1])
     gy = (pred[..., 1:, :] - pred[..., :-1, :]) - (gt[..., 1:, :] - gt[..., :-1, :])
     mx = mask[..., :, 1:] & mask[..., :, :-1]
     my = mask[..., 1:, :] & mask[..., :-1, :]
-    return _masked_mean(gx.abs(), mx) + _masked_mean(gy.abs(), my)
+    return _masked_mean(gx.abs(), mx, divisor) + _masked_mean(gy.abs(), my, divisor)
 
 
 def normalize_scene(depth: Tensor, points: Tensor, translations: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

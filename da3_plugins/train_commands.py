@@ -41,7 +41,7 @@ def train_config_from_args(args):
 def cmd_train(args, progress: Progress) -> int:
     import torch
 
-    from da3_plugins.core.training import train
+    from da3_plugins.core.training import distributed_from_env, train
 
     if args.data is not None and not Path(args.data).is_dir():
         raise UserInputError(f"--data {args.data}: no such folder")
@@ -76,13 +76,25 @@ def cmd_train(args, progress: Progress) -> int:
         if progress.mode == "json":
             progress.event("step", **entry)
 
-    try:
-        result = train(cfg, out, resume=args.resume, progress=progress.mode == "bar", log=log, device=args.device)
-    except (FileExistsError, FileNotFoundError) as exc:  # the run folder: resume or another one
-        raise UserInputError(first_line(exc)) from None
-    finally:
-        if log_file is not None:
-            log_file.close()
+    # under torchrun (WORLD_SIZE > 1): data-parallel, process 0 writes the run folder and talks
+    with distributed_from_env(args.device) as ddp:
+        lead = ddp is None or ddp.rank == 0
+        if ddp is not None and lead:
+            text = f"DDP: {ddp.world_size} processes ({ddp.backend}), global batch {ddp.world_size * cfg.batch_size}"
+            if progress.mode == "json":
+                progress.info(text)
+            else:
+                print(text, flush=True)
+        try:
+            result = train(cfg, out, resume=args.resume, progress=lead and progress.mode == "bar",
+                           log=log if lead else None, device=ddp.device if ddp is not None else args.device)
+        except (FileExistsError, FileNotFoundError) as exc:  # the run folder: resume or another one
+            raise UserInputError(first_line(exc)) from None
+        finally:
+            if log_file is not None:
+                log_file.close()
+    if not lead:
+        return 0
     last = result.history[-1] if result.history else {}
     first = result.history[0] if result.history else {}
     print(f"Done: {result.steps} steps in {result.seconds:.0f} s; loss {first.get('loss', float('nan')):.3f} -> "

@@ -20,7 +20,11 @@ One function, :func:`train`, driven by a typed :class:`TrainConfig`:
   ``train_state.safetensors`` / ``train_state.json`` (optimizer moments, step, loss history), so a
   run resumes where it stopped and gives the same weights as an uninterrupted one;
 * every random choice derives from ``seed`` and the step number: two runs with one config give
-  the same weights.
+  the same weights;
+* under ``torchrun`` (:func:`distributed_from_env`) the step is data-parallel
+  (DistributedDataParallel, gloo on CPU, nccl on CUDA): ``batch_size`` is per process, each
+  process loads its slice of one global batch plan, the loss is normalised over the whole
+  batch, and process 0 alone writes checkpoints and logs.
 
 The package is layered as nerfstudio separates its trainer, data managers and models:
 
@@ -28,21 +32,32 @@ The package is layered as nerfstudio separates its trainer, data managers and mo
 * :mod:`.data`: the data sources and what they give (:class:`Batch`, :class:`SyntheticData`,
   :class:`FolderData`, :func:`fit_views`, :func:`pseudo_label_depth`);
 * :mod:`.step`: one step's computation (:class:`Targets`, :func:`prepare_targets`,
-  :func:`forward_for_training`, :func:`compute_losses`);
+  :func:`forward_for_training`, :class:`TrainingForward`, :func:`compute_losses`);
 * :mod:`.loop`: :func:`train`, checkpoints and resuming (:func:`save_checkpoint`,
-  :func:`build_model`, :class:`TrainResult`).
+  :func:`build_model`, :class:`TrainResult`), data parallelism (:func:`distributed_from_env`,
+  :class:`Distributed`, :func:`torchrun_env`).
 
 Each layer imports only the ones listed before it.
 """
 
 from .config import SyntheticDataConfig, TrainConfig
 from .data import Batch, FolderData, SyntheticData, fit_views, pseudo_label_depth
-from .loop import STATE_JSON, STATE_WEIGHTS, TrainResult, build_model, save_checkpoint, train
-from .step import Targets, compute_losses, forward_for_training, prepare_targets
+from .loop import (
+    STATE_JSON,
+    STATE_WEIGHTS,
+    Distributed,
+    TrainResult,
+    build_model,
+    distributed_from_env,
+    save_checkpoint,
+    torchrun_env,
+    train,
+)
+from .step import Targets, TrainingForward, compute_losses, forward_for_training, prepare_targets
 
 __all__ = [
     "SyntheticDataConfig", "TrainConfig", "Batch", "SyntheticData", "FolderData", "fit_views", "pseudo_label_depth",
     "Targets",
-    "prepare_targets", "forward_for_training", "compute_losses", "save_checkpoint",
-    "TrainResult", "build_model", "train",
+    "prepare_targets", "forward_for_training", "TrainingForward", "compute_losses", "save_checkpoint",
+    "TrainResult", "build_model", "train", "Distributed", "torchrun_env", "distributed_from_env",
 ]

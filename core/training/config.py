@@ -61,7 +61,8 @@ class TrainConfig:
         or noisy depth, becomes the dense label (teacher-student pseudo-labels); folder data only.
     freeze_backbone: train only the heads and camera modules.
     steps, batch_size, lr, weight_decay, warmup, min_lr_ratio: AdamW with linear warm-up and
-        cosine decay to ``lr * min_lr_ratio``.
+        cosine decay to ``lr * min_lr_ratio``; ``batch_size`` is per process (data-parallel
+        runs under torchrun have a global batch of processes x ``batch_size``).
     backbone_lr_scale: learning-rate factor of the ViT backbone (e.g. 0.1 when fine-tuning).
     pose_condition_prob: fraction of batches conditioned on their true cameras.
     grad_clip: global gradient-norm clip (0: off).

@@ -6,14 +6,19 @@
   fitted to the training size (:func:`fit_views`), with optional teacher-student pseudo-labels
   (:func:`pseudo_label_depth`).
 
-Both offer ``batch(rng, batch_size) -> Batch``; every random choice comes from ``rng``.
+Both offer ``batch(rng, batch_size, rank=0, world_size=1) -> Batch``; every random choice comes
+from ``rng``.  Under data-parallel training each of ``world_size`` processes asks for its
+``batch_size`` samples: the plan (which scene, which views) is drawn for the whole global batch
+of ``batch_size * world_size`` samples, so that every process consumes ``rng`` alike, and
+process ``rank`` loads only samples ``rank * batch_size`` .. ``(rank + 1) * batch_size - 1``.
+One process with a batch of 4 gets the same 4 samples as 2 processes with batches of 2.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -63,20 +68,39 @@ class SyntheticData:
         self._cache[index] = scene
         return scene
 
-    def batch(self, rng: np.random.Generator, batch_size: int) -> Batch:
-        """``batch_size`` samples of one random view count, each from a random pool scene."""
+    def plan(self, rng: np.random.Generator, count: int) -> List[Tuple[int, np.ndarray]]:
+        """``count`` samples of one random view count: (pool scene, its view indices in order)
+        each, the first view the reference; draws from ``rng`` and renders nothing."""
         c = self.config
         n = int(rng.integers(c.min_views, c.max_views + 1))
-        parts = []
-        for _ in range(batch_size):
-            s = self.scene(int(rng.integers(len(self))))
+        out = []
+        for _ in range(count):
+            index = int(rng.integers(len(self)))
             if c.max_view_gap > 0:
                 views = _view_run(rng, c.views_per_scene, n, c.max_view_gap)
             else:
                 views = np.sort(rng.choice(c.views_per_scene, n, replace=False))
             rng.shuffle(views)  # any view can be the first (reference) one
+            out.append((index, views))
+        return out
+
+    def batch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world_size: int = 1) -> Batch:
+        """Process ``rank``'s ``batch_size`` samples of a global batch of ``batch_size * world_size``
+        (see the module docs); one random view count for all, each from a random pool scene."""
+        lo, hi = _shard(batch_size, rank, world_size)
+        parts = []
+        for index, views in self.plan(rng, batch_size * world_size)[lo:hi]:
+            s = self.scene(index)
             parts.append((s.images[views], s.depth[views], s.extrinsics[views][:, :3], s.intrinsics[views]))
         return Batch(*(np.stack(x) for x in zip(*parts)))
+
+
+def _shard(batch_size: int, rank: int, world_size: int) -> Tuple[int, int]:
+    """The global-batch positions of process ``rank``'s samples: [lo, hi)."""
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"batch: expected batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, "
+                         f"{world_size}")
+    return rank * batch_size, (rank + 1) * batch_size
 
 
 def _view_run(rng: np.random.Generator, total: int, n: int, max_gap: int) -> np.ndarray:
@@ -158,6 +182,7 @@ class FolderData:
         self.config = config
         self.teacher = teacher
         self._cache: Dict[int, object] = {}
+        self._counts: Dict[int, int] = {}  # views of scenes seen only in other processes' samples
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -174,15 +199,36 @@ class FolderData:
             self._cache[index] = (imgs, depth, np.asarray(s.extrinsics, np.float64)[:, :3], k)
         return self._cache[index]
 
-    def batch(self, rng: np.random.Generator, batch_size: int) -> Batch:
-        """``batch_size`` samples of random scenes, one random view count for all (at most the smallest scene's)."""
+    def _view_count(self, index: int) -> int:
+        """How many views scene ``index`` has (read once when the scene itself is not loaded)."""
+        if index in self._cache:
+            return len(self._cache[index][0])
+        if index not in self._counts:
+            self._counts[index] = self.dataset[index].num_views
+        return self._counts[index]
+
+    def plan(self, rng: np.random.Generator, count: int,
+             keep: Optional[Sequence[int]] = None) -> List[Tuple[int, np.ndarray]]:
+        """``count`` samples of random scenes, one random view count for all (at most the
+        smallest scene's): (scene, its view indices) each; draws from ``rng``.  ``keep``: the
+        positions that will be loaded (default all): their scenes are loaded (and cached) now,
+        the others' views are only counted."""
         c = self.config
-        scenes = [self._scene(int(rng.integers(len(self)))) for _ in range(batch_size)]
-        most = min(c.max_views, min(len(s[0]) for s in scenes))
+        scenes = [int(rng.integers(len(self))) for _ in range(count)]
+        for j in range(count) if keep is None else keep:
+            self._scene(scenes[j])
+        sizes = [self._view_count(i) for i in scenes]
+        most = min(c.max_views, min(sizes))
         n = int(rng.integers(min(c.min_views, most), most + 1))
+        return [(i, rng.choice(size, n, replace=False)) for i, size in zip(scenes, sizes)]
+
+    def batch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world_size: int = 1) -> Batch:
+        """Process ``rank``'s ``batch_size`` samples of a global batch of ``batch_size * world_size``
+        (see the module docs and :meth:`plan`)."""
+        lo, hi = _shard(batch_size, rank, world_size)
         parts = []
-        for imgs, depth, ext, k in scenes:
-            views = rng.choice(len(imgs), n, replace=False)
+        for index, views in self.plan(rng, batch_size * world_size, keep=range(lo, hi))[lo:hi]:
+            imgs, depth, ext, k = self._scene(index)
             parts.append((imgs[views], depth[views], ext[views], k[views]))
         return Batch(*(np.stack(x) for x in zip(*parts)))
 

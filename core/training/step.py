@@ -119,28 +119,47 @@ def forward_for_training(net, images: Tensor, w2c: Optional[Tensor] = None, intr
     return res
 
 
-def compute_losses(out: Dict[str, Tensor], tgt: Targets, weights: L.LossWeights) -> Dict[str, Tensor]:
-    """The five loss terms (unweighted) of one batch."""
+class TrainingForward(torch.nn.Module):
+    """:func:`forward_for_training` of ``net`` as a module's ``forward``, so that
+    :class:`torch.nn.parallel.DistributedDataParallel` can wrap it (it synchronises gradients
+    of what runs inside its own ``forward``)."""
+
+    def __init__(self, net) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: Tensor, w2c: Optional[Tensor] = None, intrinsics: Optional[Tensor] = None,
+                match_heads: bool = False) -> Dict[str, Tensor]:
+        return forward_for_training(self.net, images, w2c, intrinsics, match_heads=match_heads)
+
+
+def compute_losses(out: Dict[str, Tensor], tgt: Targets, weights: L.LossWeights,
+                   divisor: L.Divisor = None) -> Dict[str, Tensor]:
+    """The five loss terms (unweighted) of one batch.  ``divisor``: what the masked means divide
+    their count of valid elements by (see :mod:`~da3_plugins.core.losses`; data-parallel
+    training passes one that makes the processes' mean the whole batch's loss)."""
     h, w = tgt.depth.shape[-2:]
     ray = out["ray"]
     b, n = ray.shape[:2]
     ray_full = F.interpolate(ray.flatten(0, 1).permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
                              align_corners=False).permute(0, 2, 3, 1).unflatten(0, (b, n))
     return {
-        "depth": L.depth_loss(out["depth"], tgt.depth, out["depth_conf"], tgt.mask, weights.lambda_c),
-        "ray": L.ray_loss(ray, tgt.rays, tgt.ray_mask, conf=out["ray_conf"], lambda_c=weights.lambda_c),
-        "point": L.point_loss(out["depth"], ray_full[..., :3], ray_full[..., 3:], tgt.points, tgt.mask),
-        "camera": L.camera_loss(out["pose"], tgt.pose),
-        "gradient": L.gradient_loss(out["depth"], tgt.depth, tgt.mask),
-        **({"correspondence": _correspondence(out, tgt)} if weights.correspondence > 0 and "match_q" in out else {}),
+        "depth": L.depth_loss(out["depth"], tgt.depth, out["depth_conf"], tgt.mask, weights.lambda_c, divisor),
+        "ray": L.ray_loss(ray, tgt.rays, tgt.ray_mask, conf=out["ray_conf"], lambda_c=weights.lambda_c,
+                          divisor=divisor),
+        "point": L.point_loss(out["depth"], ray_full[..., :3], ray_full[..., 3:], tgt.points, tgt.mask, divisor),
+        "camera": L.camera_loss(out["pose"], tgt.pose),  # a plain mean: every process has B x N poses
+        "gradient": L.gradient_loss(out["depth"], tgt.depth, tgt.mask, divisor),
+        **({"correspondence": _correspondence(out, tgt, divisor)}
+           if weights.correspondence > 0 and "match_q" in out else {}),
     }
 
 
-def _correspondence(out: Dict[str, Tensor], tgt: Targets) -> Tensor:
+def _correspondence(out: Dict[str, Tensor], tgt: Targets, divisor: L.Divisor = None) -> Tensor:
     """The correspondence aid: mean cross-entropy over the cross-view blocks' matching heads."""
     idx, ok = L.correspondence_targets(tgt.points, tgt.mask, tgt.depth, tgt.intrinsics, PATCH_SIZE)
-    terms = [L.correspondence_loss(q, k, idx, ok) for q, k in zip(out["match_q"], out["match_k"])]
+    terms = [L.correspondence_loss(q, k, idx, ok, divisor) for q, k in zip(out["match_q"], out["match_k"])]
     return torch.stack(terms).mean()
 
 
-__all__ = ["Targets", "prepare_targets", "forward_for_training", "compute_losses"]
+__all__ = ["Targets", "prepare_targets", "forward_for_training", "TrainingForward", "compute_losses"]
