@@ -178,6 +178,7 @@ def build_model(cfg: TrainConfig):
     return random_model(cfg.preset, seed=cfg.seed, device="cpu")
 
 
+@torch.enable_grad()  # trains even when called inside torch.no_grad() (a notebook, a test)
 def train(cfg: TrainConfig, output: Union[str, os.PathLike], *, resume: bool = False, progress: bool = True,
           log: Optional[Callable[[dict], None]] = None, device: Union[str, torch.device, None] = "cpu",
           data=None) -> TrainResult:
