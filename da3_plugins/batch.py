@@ -30,7 +30,7 @@ from da3_plugins.core.errors import UserInputError, first_line
 from da3_plugins.core.export.registry import DEFAULT_EXPORTS
 from da3_plugins.core.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from da3_plugins.core.options import ReconstructOptions
-from da3_plugins.runner import Progress, RunRequest, run_reconstruct
+from da3_plugins.runner import ModelCache, ModelLoader, Progress, RunRequest, run_reconstruct
 
 __all__ = ["BATCH_LOG", "BatchSettings", "SceneJob", "SceneRecord", "exit_code", "find_jobs", "run_batch",
            "run_scene"]
@@ -106,7 +106,7 @@ def find_jobs(root: str) -> List[SceneJob]:
     Problems with ROOT itself (missing, no scene, a bad manifest line, two scenes of one name)
     are a :class:`UserInputError` before anything runs; a scene's own bad input is found when
     it runs."""
-    path = Path(root).expanduser()
+    path = Path(root).expanduser().absolute()  # workers (Ray) may run elsewhere than this folder
     if not path.exists():
         raise UserInputError(f"{root}: no such folder or manifest file")
     jobs = _manifest_jobs(path) if path.is_file() else _folder_jobs(path)
@@ -277,20 +277,6 @@ def run_scene(job: SceneJob, settings: BatchSettings, get_model: Callable, progr
 # --------------------------------------------------------------------------- the batch
 
 
-class _Models:
-    """Models loaded once per (source, precision) for the whole serial batch."""
-
-    def __init__(self, load: Callable) -> None:
-        self.load = load
-        self.loaded: Dict[tuple, Any] = {}
-
-    def __call__(self, source, precision):
-        key = (source, precision)
-        if key not in self.loaded:
-            self.loaded[key] = self.load(source, precision)
-        return self.loaded[key]
-
-
 def exit_code(records: List[SceneRecord]) -> int:
     """0: every scene succeeded (or was already done); 1: some scene failed for another reason
     than its input; 2: the only failures were bad input."""
@@ -311,8 +297,6 @@ def run_batch(jobs: List[SceneJob], settings: BatchSettings, progress: Progress,
     except OSError as exc:
         raise UserInputError(f"-o {settings.output}: cannot create the folder ({exc.strerror})") from None
     if load_model is None:
-        from da3_plugins.ray_backend import ModelLoader
-
         load_model = ModelLoader()
     records: Dict[str, SceneRecord] = {}
     total = len(jobs)
@@ -334,7 +318,7 @@ def run_batch(jobs: List[SceneJob], settings: BatchSettings, progress: Progress,
                 todo.append(job)
         progress.update("batch", len(records), total, f"{len(todo)} to run")
         if ray is None:
-            models = _Models(load_model)
+            models = ModelCache(load_model)
             for job in todo:
                 inner = _inner_progress(progress, job)
                 emit(run_scene(job, settings, models, inner))

@@ -16,7 +16,7 @@ from typing import Dict
 from da3_plugins.core.errors import UserInputError, first_line
 from da3_plugins.core.export.registry import EXPORTS, write_exports
 from da3_plugins.core.options import ReconstructOptions
-from da3_plugins.runner import (OutputDir, Progress, RunRequest, export_scene, load_model_for,
+from da3_plugins.runner import (ModelCache, ModelLoader, OutputDir, Progress, RunRequest, export_scene, load_model_for,
                                 run_reconstruct)
 
 DEMO_EXPORTS = ("scene", "ply", "glb", "colmap", "depth", "preview")
@@ -37,16 +37,18 @@ def cmd_reconstruct(args, progress: Progress) -> int:
                          options=options_from_args(args), poses=args.poses, intrinsics=args.intrinsics,
                          fps=args.fps, conf_threshold=args.conf_threshold, overwrite=args.overwrite)
 
-    def get_model(source, precision):
-        return load_model_for(source, device=args.device, precision=precision, progress=progress)
+    get_model = ModelCache(lambda source, precision: load_model_for(source, device=args.device, precision=precision,
+                                                                    progress=progress))
 
     if args.ray is None:
         result = run_reconstruct(request, get_model, progress)
     else:
-        from da3_plugins.ray_backend import ModelLoader, RayChunkPool, check_address, ray_session
+        from da3_plugins.ray_backend import RayChunkPool, check_address, ray_session
 
         spec = worker_spec(args)
-        with ray_session(check_address(args.ray or None), info=progress.info):
+        address = check_address(args.ray or None)
+        get_model(request.model, request.options.precision)  # a bad --model: one line, before any worker
+        with ray_session(address, info=progress.info):
             pool = RayChunkPool(request.model, request.options.precision, spec, loader=ModelLoader(args.device))
             progress.info(f"Ray: {pool.workers} worker(s) hold the model; the passes run there")
             result = run_reconstruct(request, get_model, progress, pool=pool)
@@ -65,17 +67,27 @@ def cmd_batch(args, progress: Progress) -> int:
     """``da3p batch ROOT -o OUT``: many scenes, each as ``da3p reconstruct`` writes it."""
     from da3_plugins.batch import BatchSettings, exit_code, find_jobs, format_table, run_batch
     from da3_plugins.core.export.registry import parse_export_list
-    from da3_plugins.ray_backend import ModelLoader, check_address
+    from da3_plugins.ray_backend import check_address
 
     ray = None
     if args.ray is not None:  # the arguments first, then ROOT
         ray = {"address": check_address(args.ray or None), "spec": worker_spec(args)}
     jobs = find_jobs(args.root)
+    if args.model is not None:
+        from da3_plugins.core.model_source import classify_model_source
+
+        try:
+            classify_model_source(args.model)  # embedded, a folder, a file or a hub id
+        except UserInputError as exc:
+            raise UserInputError(f"--model {first_line(exc)}") from None
     exports = parse_export_list(args.export)
     options = options_from_args(args)
     RunRequest(inputs=("-",), output=args.output, exports=exports, options=options, fps=args.fps,
                conf_threshold=args.conf_threshold)  # the shared settings' own checks, before any scene
-    settings = BatchSettings(output=args.output, model=args.model, exports=exports, options=options, fps=args.fps,
+    model = args.model
+    if model is not None and Path(model).expanduser().exists():
+        model = str(Path(model).expanduser().absolute())  # workers may run in another folder
+    settings = BatchSettings(output=str(Path(args.output).expanduser().absolute()), model=model, exports=exports, options=options, fps=args.fps,
                              conf_threshold=args.conf_threshold, overwrite=args.overwrite)
     progress.info(f"{len(jobs)} scene(s) from {args.root} -> {args.output}/" + (" on Ray" if ray else ""))
     start = time.time()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 from da3_plugins.core.errors import UserInputError
+from da3_plugins.runner import ModelCache, ModelLoader
 
 __all__ = ["ModelLoader", "RayChunkPool", "WorkerSpec", "check_address", "ray_session", "run_scenes"]
 
@@ -132,33 +133,6 @@ class WorkerSpec:
                     max_task_retries=self.retries)
 
 
-class ModelLoader:
-    """What a worker calls to load a model: ``loader(source, precision) -> DA3Model`` (picklable;
-    the default loads as ``da3p`` does, on ``device``)."""
-
-    def __init__(self, device: str = "auto") -> None:
-        self.device = device
-
-    def __call__(self, source: Optional[str], precision: Optional[str]):
-        from da3_plugins.runner import load_model_for
-
-        return load_model_for(source, device=self.device, precision=precision)
-
-
-class _Models:
-    """A worker's loaded models, each loaded once."""
-
-    def __init__(self, loader: Callable) -> None:
-        self.loader = loader
-        self.loaded: Dict[tuple, Any] = {}
-
-    def __call__(self, source, precision):
-        key = (source, precision)
-        if key not in self.loaded:
-            self.loaded[key] = self.loader(source, precision)
-        return self.loaded[key]
-
-
 def _threads(cpus: float) -> None:
     import torch
 
@@ -170,7 +144,7 @@ class _ChunkWorker:
 
     def __init__(self, loader: Callable, source, precision, cpus: float) -> None:
         _threads(cpus)
-        self.model = _Models(loader)(source, precision)
+        self.model = loader(source, precision)
 
     def predict(self, chunk):
         from da3_plugins.core.model.predictor import DA3Predictor
@@ -186,7 +160,7 @@ class _SceneWorker:
 
     def __init__(self, loader: Callable, settings, cpus: float) -> None:
         _threads(cpus)
-        self.models = _Models(loader)
+        self.models = ModelCache(loader)
         self.settings = settings
 
     def run(self, task: Callable, job):
@@ -210,7 +184,12 @@ class RayChunkPool:
         self.actors = [actor.remote(loader or ModelLoader(), source, precision, spec.cpus)
                        for _ in range(spec.count(ray))]
         self.workers = len(self.actors)
-        ray.get([a.pid.remote() for a in self.actors])  # every model loaded (a bad one fails here)
+        try:
+            ray.get([a.pid.remote() for a in self.actors])  # every model loaded (a bad one fails here)
+        except ray.exceptions.RayActorError as exc:
+            self.close()
+            raise RuntimeError(f"the Ray workers could not load the model {source or 'default'}: "
+                               f"{(str(exc).strip().splitlines() or [''])[-1]}") from None
 
     def predict_many(self, chunks: Iterable) -> Iterator:
         ray = self.ray

@@ -32,7 +32,8 @@ from da3_plugins.core.options import ReconstructOptions
 from da3_plugins.core.model_source import DEFAULT_MODEL  # what loads when no model is named
 
 __all__ = [
-    "DEFAULT_MODEL", "OutputDir", "Progress", "RunRequest", "RunResult", "UserInputError", "load_model_for",
+    "DEFAULT_MODEL", "ModelCache", "ModelLoader", "OutputDir", "Progress", "RunRequest", "RunResult",
+    "UserInputError", "load_model_for",
     "make_progress", "run_reconstruct", "write_exports",
 ]
 
@@ -227,6 +228,31 @@ def load_model_for(source: Optional[str], *, device: str = "auto", precision: Op
 
 ModelGetter = Callable[[Optional[str], Optional[str]], Any]
 """``get_model(source, precision) -> DA3Model``: the CLI loads, the worker keeps models loaded."""
+
+
+class ModelLoader:
+    """A picklable :data:`ModelGetter` loading as ``da3p`` does, on ``device`` (what a batch
+    and each Ray worker call)."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
+
+    def __call__(self, source: Optional[str], precision: Optional[str]):
+        return load_model_for(source, device=self.device, precision=precision)
+
+
+class ModelCache:
+    """A :data:`ModelGetter` that loads each (source, precision) once with ``load`` and keeps it."""
+
+    def __init__(self, load: ModelGetter) -> None:
+        self.load = load
+        self.loaded: Dict[tuple, Any] = {}
+
+    def __call__(self, source: Optional[str], precision: Optional[str]):
+        key = (source, precision)
+        if key not in self.loaded:
+            self.loaded[key] = self.load(source, precision)
+        return self.loaded[key]
 
 
 # --------------------------------------------------------------------------- reconstruct

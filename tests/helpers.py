@@ -52,3 +52,15 @@ def random_cameras(b: int, n: int, h: int, w: int, seed: int = 0):
     k[..., 1, 1] = f * (1 + 0.05 * torch.rand(b, n, generator=g))
     k[..., 0, 2], k[..., 1, 2], k[..., 2, 2] = w / 2, h / 2, 1
     return ext, k
+
+
+def raises_naming(what, fn, *args, **kwargs) -> str:
+    """fn(*args) raises a one-line ValueError that names ``what`` (a file, an argument)."""
+    import pytest
+
+    with pytest.raises(ValueError) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert str(what) in msg, msg
+    assert "\n" not in msg
+    return msg

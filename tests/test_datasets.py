@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import raises_naming
 from da3_plugins.core import conventions as conv
 from da3_plugins.core.colmap_io import read_colmap_model
 from da3_plugins.core.datasets import (FolderDataset, TrainingSample, find_scene_folders, load_scene_folder,
@@ -36,16 +37,6 @@ def scene():
 def sample(scene):
     return TrainingSample(images=scene.images.copy(), depth=scene.depth.copy(), extrinsics=scene.extrinsics.copy(),
                           intrinsics=scene.intrinsics.copy(), name="room")
-
-
-def raises_naming(path, fn, *args, **kwargs):
-    """fn(*args) raises a one-line ValueError that names ``path``."""
-    with pytest.raises(ValueError) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert str(path) in msg, msg
-    assert "\n" not in msg
-    return msg
 
 
 def _save_images(folder, scene, names):

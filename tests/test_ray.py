@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +113,7 @@ class DyingLoader:
             return ModelLoader("cpu")(source, precision)
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
-        os._exit(1)  # as an out-of-memory kill or a lost node would
+        os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer or a lost node would
 
 
 def test_a_killed_worker_is_replaced_and_its_scene_retried(local_ray, tmp_path):
