@@ -175,7 +175,7 @@ def stop_worker() -> bool:
 
 _DEFAULTS = option_defaults()
 _LABELS = {"saddle_balanced": "Balanced", "saddle_sim_range": "Similarity Range", "fp32": "FP32 (exact)",
-           "bf16": "BF16", "fp16": "FP16"}
+           "bf16": "BF16", "fp16": "FP16", "auto": "Auto", "int8": "INT8 (CPU)"}
 
 
 def _enum_items(values):
@@ -221,8 +221,9 @@ class DA3_OT_reconstruct(bpy.types.Operator):
     ray_pose: BoolProperty(name="Ray Pose", default=_DEFAULTS["use_ray_pose"], description="Cameras from the ray map")
     gaussians: BoolProperty(name="Gaussians", default=_DEFAULTS["infer_gs"],
                             description="Predict 3D Gaussians (giant / nested)")
-    precision: EnumProperty(name="Precision", default="fp32", items=_enum_items(PRECISIONS),
-                            description="Backbone compute precision (fp32 is exact; bf16 / fp16 are faster on GPUs)")
+    precision: EnumProperty(name="Precision", default="auto", items=_enum_items(PRECISIONS),
+                            description="Backbone compute precision (auto: bf16 or fp16 on GPUs, fp32 on most CPUs; "
+                                        "fp32 is exact; int8 is CPU only: faster, approximate)")
     threshold: FloatProperty(name="Confidence Threshold", default=0.0, min=0.0)
     files: bpy.props.CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
     create_cameras: BoolProperty(name="Cameras", default=True)

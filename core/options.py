@@ -27,8 +27,11 @@ RESIZE_METHODS = ("upper_bound_resize", "upper_bound_crop", "lower_bound_resize"
 """How photos become the network's input size (the official four)."""
 REF_VIEW_STRATEGIES = ("first", "middle", "saddle_balanced", "saddle_sim_range")
 """How the reference view of a multi-view pass is chosen (the official four)."""
-PRECISIONS = ("fp32", "bf16", "fp16")
-"""Backbone compute precision; the heads always run in float32.  ``fp32`` is exact."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+"""Backbone compute precision; the heads always run in float32.  ``fp32`` is exact; ``auto`` (what
+every front end loads with) is bf16 on GPUs with native bf16, fp16 on other GPUs and Apple MPS, and
+on CPUs bf16 only with AMX, else fp32 (``core/precision.py``); ``int8`` (CPU only) quantises the
+backbone's Linear layers.  A scene records the resolved name, never ``auto``."""
 LOOP_CLOSURES = ("auto", "off")
 """Loop closure on long inputs: ``auto`` looks for loops when a run takes three passes or more."""
 CAMERA_SOURCES = ("predicted", "input", "none")
@@ -62,8 +65,11 @@ class ReconstructOptions:
                                         "views shared by consecutive chunks (default max(2, min(16, chunk/4)))")
     seed: Optional[int] = _opt(0, "--seed", "seeds the random parts (sky sampling, ray-pose RANSAC) without "
                                             "touching the global RNG (default 0)")
-    precision: Optional[str] = _opt(None, "--dtype", "backbone compute precision (default fp32: exact)",
-                                    PRECISIONS)
+    precision: Optional[str] = _opt(None, "--dtype",
+                                    "backbone compute precision (default auto: bf16 on GPUs with native bf16, fp16 on "
+                                    "other GPUs and MPS, on CPUs bf16 with AMX, else fp32; fp32 is exact; int8: CPU "
+                                    "only, Linear layers quantised, faster, approximate; in Python, none keeps the "
+                                    "precision the model was loaded with)", PRECISIONS)
 
     loop_closure: str = _opt("auto", "--loop-closure",
                              "long inputs: find places the camera returns to and close the loop "

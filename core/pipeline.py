@@ -10,8 +10,9 @@ pose normalisation, network, output processor, alignment to given poses; the net
   Sim(3) joints, loop closure, a global pose graph), with chunk predictions cached on disk so
   an interrupted run resumes (``cache_dir``);
 * any predictor: ``model`` may be a DA3 model or any object following :mod:`.predictor`;
-* everything is float32 unless the model's backbone dtype says otherwise (the official
-  ``forward`` autocasts to float16 on CPU);
+* everything is float32 unless the model's backbone precision says otherwise (the official
+  ``forward`` autocasts to float16 on CPU; ``auto``, the loading default, is fp32 on CPUs without
+  AMX); the scene records the precision actually used;
 * the processed images are kept as the resized uint8 pixels (the official pipeline
   de-normalises its float tensor and truncates, which loses one level on some pixels).
 """
@@ -35,7 +36,7 @@ from .gaussian_sets import transform_gaussians
 from .images import ImageScan, LoadedImage, load_processed, scan_images, stream_target
 from .model.predictor import DA3Predictor, normalize_extrinsics
 from .options import REF_VIEW_STRATEGIES, ReconstructOptions, SceneOptions
-from .precision import backbone_precision, precision_name, resolve_dtype as resolve_precision
+from .precision import backbone_precision, model_precision, resolve_precision
 from .predictor import ChunkPool, PooledPredictor, Predictor
 from .preprocess import transform_intrinsics
 from .reconstruction import Reconstruction
@@ -180,7 +181,8 @@ def reconstruct(
     joining, loops and pose graph stay here; the result equals the serial one."""
     opts = resolve_options(options, option_values)
     net = getattr(model, "net", None)
-    if net is not None and opts.precision is not None and resolve_precision(opts.precision) != _backbone_dtype(model):
+    if (net is not None and opts.precision is not None and model_precision(net) is not None
+            and resolve_precision(opts.precision, _device(net)) != model_precision(net)):
         with backbone_precision(model, opts.precision):
             return reconstruct(model, images, opts.replace(precision=None), extrinsics=extrinsics,
                                intrinsics=intrinsics, fps=fps, progress=progress, cache_dir=cache_dir,
@@ -237,8 +239,8 @@ def _reconstruct(model, predictor, opts, scan, ext_all, ext_some, k_in, report, 
 
     cache = None
     if len(chunks) > 1:
-        key = run_key(predictor.name, opts.replace(precision=precision_name(_backbone_dtype(model))
-                                                   if net is not None else None).cache_key(),
+        key = run_key(predictor.name, opts.replace(precision=model_precision(net) if net is not None else None
+                                                   ).cache_key(),
                       input_identity([r.source for r in refs], [r.name for r in refs], scan.sizes),
                       # photos given as arrays have no file to date: their pixels are the identity
                       [run_key(pixels[i]) for i, r in enumerate(refs) if r.kind == "memory"], size, overlap,
@@ -268,7 +270,7 @@ def _reconstruct(model, predictor, opts, scan, ext_all, ext_some, k_in, report, 
         camera_source = "input"
     scene_options = SceneOptions.of_run(
         opts, max_views_per_pass=size, chunk_overlap=overlap,
-        precision=precision_name(_backbone_dtype(model)) if net is not None else None,
+        precision=model_precision(net) if net is not None else None,
         camera_source=camera_source, passes=res.passes, alignment=res.alignment,
         joints=tuple(j.record() for j in res.joints),
         image_files=tuple(Path(r.source).name if r.kind == "file" else "" for r in refs),
@@ -298,10 +300,8 @@ def _scan(images, fps, skip_unreadable):
     return scan_images(images, fps=fps, skip_unreadable=skip_unreadable)
 
 
-def _backbone_dtype(model) -> torch.dtype:
-    """The compute dtype the model's backbone runs at now (float32 unless set)."""
-    net = getattr(model, "net", None)
-    return getattr(net, "backbone_dtype", None) or torch.float32
+def _device(net) -> torch.device:
+    return next(net.parameters()).device
 
 
 def _is_loaded(images) -> bool:

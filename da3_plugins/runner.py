@@ -206,14 +206,18 @@ def load_model_for(source: Optional[str], *, device: str = "auto", precision: Op
 
     Every failure the user can fix (a missing folder, a bad checkpoint, an unreachable hub id)
     becomes one :class:`UserInputError` line naming ``flag`` and the model; for a hub id that
-    cannot be fetched it names the flag's offline choices too."""
+    cannot be fetched it names the flag's offline choices too.  ``precision`` None is ``auto``
+    (the policy in ``core/precision.py``); a precision the device cannot run (int8 on a GPU) is
+    one line naming the precision."""
     from da3_plugins.core import load_model
 
     name = source or DEFAULT_MODEL
     sink = progress or Progress()
     sink.update("model", 0, 1, name)
     try:
-        model = load_model(name, device=device, dtype=precision)
+        model = load_model(name, device=device, dtype=precision or "auto")
+    except OptionError:  # the precision, not the model: its own line ("precision: ...")
+        raise
     except (UserInputError, FileNotFoundError, ImportError) as exc:
         hint = ""
         if isinstance(exc, HubError):  # its line says how to get the model; name this front end's flag
@@ -222,7 +226,7 @@ def load_model_for(source: Optional[str], *, device: str = "auto", precision: Op
         text = first_line(exc)
         text = text if name in text else f"{name}: {text}"
         raise UserInputError(f"{flag} {text}{hint}") from None
-    sink.update("model", 1, 1, f"{model.preset} on {model.device}")
+    sink.update("model", 1, 1, f"{model.preset} on {model.device}, {model.precision}")
     return model
 
 

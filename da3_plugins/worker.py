@@ -46,12 +46,13 @@ class Worker:
         self.models: Dict[str, object] = {}
 
     def _model(self, source: Optional[str], precision: Optional[str], progress: Progress):
-        """The model for ``source``, loaded once (one model in memory at a time); the precision
-        is applied per run by the pipeline, so it does not force a reload."""
+        """The model for ``source``, loaded once (one model in memory at a time) at ``auto``
+        precision; a request's own precision is applied per run by the pipeline (no reload), so
+        a request without one runs at ``auto`` whatever came before."""
         key = source or DEFAULT_MODEL
         if key not in self.models:
             self.models.clear()
-            self.models[key] = load_model_for(source, device=self.device, precision=precision, progress=progress,
+            self.models[key] = load_model_for(source, device=self.device, precision="auto", progress=progress,
                                               flag="model")
         return self.models[key]
 

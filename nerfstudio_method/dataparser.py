@@ -79,7 +79,8 @@ class DA3DataParserConfig(DataParserConfig):
     seed: Optional[int] = _DEFAULTS.seed
     """Seeds DA3's random parts (repeatable results)."""
     precision: Optional[str] = _DEFAULTS.precision
-    """Backbone compute precision (fp32, bf16, fp16; default fp32: exact)."""
+    """Backbone compute precision (auto, fp32, bf16, fp16, int8; default None: auto, see core/precision.py;
+    fp32 is exact)."""
     loop_closure: str = _DEFAULTS.loop_closure
     """Long inputs: find where the camera returns and close the loop (auto, off)."""
     fast_decode: bool = _DEFAULTS.fast_decode

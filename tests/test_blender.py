@@ -221,10 +221,10 @@ def test_operator_options_are_the_cores(session):
     assert session["defaults"] == {"process_res": defaults["process_res"], "ref_view": defaults["ref_view_strategy"],
                                    "process_res_method": defaults["process_res_method"],
                                    "ray_pose": defaults["use_ray_pose"], "gaussians": defaults["infer_gs"],
-                                   "precision": "fp32"}
+                                   "precision": "auto"}
     sent = session["offline_runs"]["embedded"]["requests"][0]["options"]
     assert list(sent) == [f.name for f in fields(ReconstructOptions)]
-    assert ReconstructOptions.from_dict(sent) == ReconstructOptions(process_res=56, precision="fp32")
+    assert ReconstructOptions.from_dict(sent) == ReconstructOptions(process_res=56, precision="auto")
 
 
 def test_depth_meshes_lie_on_the_surface(session):

@@ -62,7 +62,7 @@ def pair(tmp_path_factory):
             else:
                 off = official_network(preset, SHRINK.get(preset))
             folder = save_hub_folder(off, tmp_path_factory.mktemp(preset), preset, dedupe_shared=True)
-            _CACHE[preset] = (off, load_model(folder, preset=_our_config(preset), device="cpu"))
+            _CACHE[preset] = (off, load_model(folder, preset=_our_config(preset), device="cpu", dtype="fp32"))
         return _CACHE[preset]
 
     yield get

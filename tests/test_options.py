@@ -128,7 +128,7 @@ def test_cli_arguments_are_derived_from_the_options():
         process_res=280, ref_view_strategy="first", use_ray_pose=True, max_views_per_pass=8, chunk_overlap=3, seed=5,
         precision="bf16", process_res_method="upper_bound_crop", infer_gs=True)
     assert set(option_defaults()) == {f.name for f in ReconstructOptions.option_fields()}
-    assert PRECISIONS == ("fp32", "bf16", "fp16") and len(REF_VIEW_STRATEGIES) == 4 and len(RESIZE_METHODS) == 4
+    assert PRECISIONS == ("auto", "fp32", "bf16", "fp16", "int8") and len(REF_VIEW_STRATEGIES) == 4 and len(RESIZE_METHODS) == 4
 
 
 def test_worker_request_is_read_into_the_options():

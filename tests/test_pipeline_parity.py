@@ -52,7 +52,7 @@ def models(tmp_path_factory):
 
     api.forward = forward_fp32
     folder = save_hub_folder(net, tmp_path_factory.mktemp("small"), "da3-small", dedupe_shared=True)
-    return api, load_model(folder, device="cpu")
+    return api, load_model(folder, device="cpu", dtype="fp32")  # exact, whatever auto is here
 
 
 def _photos(tmp_path, sizes, seed=0):

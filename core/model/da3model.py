@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ..precision import resolve_dtype
+from ..precision import model_precision, set_precision
 from .config import CHECKPOINT_LICENSES, ModelConfig, NestedConfig, NetConfig, get_preset
 from .loading import (
     CONFIG_NAME,
@@ -49,8 +49,13 @@ class DA3Model:
 
     @property
     def dtype(self) -> torch.dtype:
-        """Backbone compute dtype (heads always run in float32)."""
+        """Backbone compute dtype (heads always run in float32); ``torch.qint8`` for int8."""
         return self.net.backbone_dtype or torch.float32
+
+    @property
+    def precision(self) -> str:
+        """The backbone's precision as an option name: "fp32", "bf16", "fp16" or "int8"."""
+        return model_precision(self.net)
 
     @property
     def predicts_cameras(self) -> bool:
@@ -88,8 +93,8 @@ class DA3Model:
                 overlapping chunks joined by robust Sim(3) fits and a global pose graph),
                 ``chunk_overlap`` (default max(2, min(16, size/4))), ``loop_closure`` ("auto" or
                 "off"), ``skip_unreadable`` (leave out unreadable files), ``seed`` (seeds the random parts without touching the
-                global RNG; None leaves it alone) and ``precision`` (backbone compute dtype for
-                this run: "fp32", "bf16", "fp16"; default: as loaded).
+                global RNG; None leaves it alone) and ``precision`` (backbone precision for
+                this run: "auto", "fp32", "bf16", "fp16", "int8"; default: as loaded).
             extrinsics: known OpenCV world-to-camera poses (N, 4, 4) or (N, 3, 4); need
                 ``intrinsics`` (N, 3, 3) in pixels of the original photos.  The network is
                 conditioned on them and the result is returned in their frame (and, with
@@ -134,7 +139,7 @@ def load_model(
     source: Union[str, os.PathLike],
     *,
     device: Union[str, torch.device, None] = None,
-    dtype: Union[str, torch.dtype, None] = None,
+    dtype: Union[str, torch.dtype, None] = "auto",
     preset: Union[str, ModelConfig, None] = None,
     revision: Optional[str] = None,
 ) -> DA3Model:
@@ -147,9 +152,14 @@ def load_model(
             huggingface_hub, the ``hub`` extra), or ``"embedded"``: the small demo model
             shipped inside the package (da3-tiny, trained on synthetic scenes).
         device: ``None``/``"auto"`` picks CUDA, then MPS, then CPU.
-        dtype: compute dtype of the ViT backbone (autocast): ``None``/float32 is exact;
-            ``"bf16"`` follows the official GPU precision policy and is much faster on
-            hardware with native bfloat16.  The weights and all heads stay float32.
+        dtype: precision of the ViT backbone.  ``"auto"`` (the default; also ``None``) picks
+            it for the device: bf16 autocast on CUDA GPUs with native bfloat16, fp16 on other
+            GPUs and on Apple MPS, and on the CPU bf16 only with AMX, else fp32 (the rules,
+            the ``DA3P_CPU_PRECISION`` override and the probe: ``core/precision.py``).
+            ``"fp32"`` is exact; ``"bf16"`` / ``"fp16"`` autocast the backbone; ``"int8"``
+            (CPU only) runs it with dynamically quantised int8 Linear layers (faster,
+            approximate).  The weights and all heads stay float32; ``model.precision``
+            says what was chosen.
         preset: architecture name (see ``PRESETS``), overriding ``config.json``; or a
             config object for a custom architecture (e.g. from ``shrink_backbone``).
         revision: hub revision (branch, tag or commit) for repo ids.
@@ -162,12 +172,13 @@ def load_model(
     net = build_empty(config)
     load_network_state(net, tensors, str(weights))
     net = materialize(net, resolve_device(device)).eval()
-    net.backbone_dtype = resolve_dtype(dtype)
+    set_precision(net, dtype)
     return DA3Model(net=net, preset=preset, config=config, source=description)
 
 
 def random_model(preset: Union[str, ModelConfig], *, seed: int = 0, device=None) -> DA3Model:
-    """A model with random weights (for tests and benchmarks); ``preset`` may be a config."""
+    """A model with random weights (for tests and benchmarks); ``preset`` may be a config.
+    It runs in exact fp32 (``core.precision.set_precision`` changes that)."""
     from .network import build_network
 
     config = get_preset(preset) if isinstance(preset, str) else preset

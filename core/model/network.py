@@ -4,8 +4,9 @@
 ``model.`` (the loader in ``loading.py`` strips and checks it).
 
 Precision: the backbone may run under bf16/fp16 autocast (``backbone_dtype``), as the
-official GPU policy does; the camera encoder, heads, camera decoder, ray solver and
-Gaussian adapter always run in float32.
+official GPU policy does, or (``backbone_dtype = torch.qint8``, CPU only) as a copy whose
+Linear layers are dynamically quantised to int8 (``core/precision.py``); the camera encoder,
+heads, camera decoder, ray solver and Gaussian adapter always run in float32.
 """
 
 from __future__ import annotations
@@ -98,9 +99,17 @@ class DA3Net(nn.Module):
         return self.gs_head is not None
 
     def _autocast(self, device_type: str):
-        if self.backbone_dtype is None or self.backbone_dtype == torch.float32:
+        if self.backbone_dtype in (None, torch.float32, torch.qint8):
             return contextlib.nullcontext()
         return torch.autocast(device_type=device_type, dtype=self.backbone_dtype)
+
+    def _backbone_module(self, device_type: str) -> nn.Module:
+        """The backbone the forward pass runs: itself, or its int8 copy (precision int8)."""
+        if self.backbone_dtype != torch.qint8:
+            return self.backbone
+        from ..precision import int8_backbone
+
+        return int8_backbone(self, device_type)
 
     # -- forward ----------------------------------------------------------------------
 
@@ -147,8 +156,9 @@ class DA3Net(nn.Module):
                 cam_token = self.cam_enc(extrinsics, intrinsics.float(), (h, w))
 
         with self._autocast(images.device.type):
-            feats, aux = self.backbone(images, cam_token=cam_token, ref_view_strategy=ref_view_strategy,
-                                       export_feat_layers=export_feat_layers)
+            feats, aux = self._backbone_module(images.device.type)(
+                images, cam_token=cam_token, ref_view_strategy=ref_view_strategy,
+                export_feat_layers=export_feat_layers)
 
         with torch.autocast(device_type=images.device.type, enabled=False):
             feats = [(f.float(), t.float()) for f, t in feats]
