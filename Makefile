@@ -47,8 +47,9 @@ embedded-model: $(STAMP)
 	$(VENV)/bin/da3p train -o runs/da3-tiny --init runs/da3-tiny-base --threads 2 $(EMBEDDED_STAGE2)
 	$(PY) scripts/pack_embedded_model.py runs/da3-tiny
 
+# every benchmark in one table (short settings; each script alone takes more options)
 bench: $(STAMP)
-	$(PY) benchmarks/bench_network.py
+	$(PY) benchmarks/bench_all.py
 
 blender-addon: $(STAMP)
 	$(VENV)/bin/da3p blender build -o dist

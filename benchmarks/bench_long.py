@@ -33,7 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _row(cells, widths):
-    return "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))
+    """One Markdown table row (aligned for reading in a terminal too)."""
+    return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
+
+
+def _header(cells, widths):
+    return _row(cells, widths) + "\n|" + "---|" * len(cells)
 
 
 def _render_photos(folder: Path, n: int, photo_hw, seed: int = 0):
@@ -69,7 +74,7 @@ def scale_table(views, resolutions, photo_hw, max_views):
     widths = (6, 6, 9, 8, 10, 8, 8)
     print("\nScale: da3p reconstruct, embedded model, --export scene "
           f"(photos {photo_hw[1]}x{photo_hw[0]} JPEG, {os.cpu_count()} cores)")
-    print(_row(("views", "px", "seconds", "views/s", "peak RSS", "passes", "ATE %"), widths))
+    print(_header(("views", "px", "seconds", "views/s", "peak RSS", "passes", "ATE %"), widths))
     with tempfile.TemporaryDirectory() as tmp:
         for n in views:
             photos = Path(tmp) / f"photos_{n}"
@@ -119,7 +124,7 @@ def drift_table(n, chunk, overlap, rot, scale, seeds):
           f"{n} views, chunks of {chunk} overlapping by {overlap}; mean over seeds {list(seeds)}. Without a loop "
           "the pose graph is a chain and its solution is the sequential one.")
     widths = (10, 10, 30, 8, 16, 9)
-    print(_row(("path", "errors", "joining", "ATE %", "end-start gap %", "loops"), widths))
+    print(_header(("path", "errors", "joining", "ATE %", "end-start gap %", "loops"), widths))
     for traj in ("loop", "open"):
         data = make_long_scene(traj, n=n)
         c = conv.camera_centers(data[1])
@@ -141,7 +146,7 @@ def overlap_table(n, chunk, overlaps, rot, scale, seeds):
     data = make_long_scene("loop", n=n)
     print(f"\nOverlap sweep (loop, chunks of {chunk}, random errors, loop closure off / auto): ATE % and passes")
     widths = (8, 10, 10, 8)
-    print(_row(("overlap", "ATE off", "ATE auto", "passes"), widths))
+    print(_header(("overlap", "ATE off", "ATE auto", "passes"), widths))
     for ov in overlaps:
         off = [_drift_run(data, chunk=chunk, overlap=ov, rot=rot, scale=scale, loop_closure="off", seed=s)[0]
                for s in seeds]
