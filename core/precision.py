@@ -19,12 +19,16 @@ fp32) and ``auto``, which :func:`auto_precision` resolves for the model's device
     probe below;
   - AMX (``amx_bf16`` and ``amx_tile`` in /proc/cpuinfo, or torch's own AMX check): ``bf16``
     (tile matmuls run bf16 several times faster than fp32);
-  - any other x86 CPU: ``fp32`` (AVX-512 BF16 without AMX measured slower in bf16 here: 98
-    against 150 GFLOP/s for a 2048^3 matmul; without AVX-512 BF16, bf16 is emulated);
+  - any other x86 CPU: ``fp32``, exact.  Without AVX-512 BF16, bf16 is emulated and slow.  With
+    it but without AMX the answer depends on the chip, and its flags cannot tell: a 2048^3
+    matmul ran at 98 GFLOP/s in bf16 against 150 in fp32 on one machine of this project's pool,
+    while on another (AMD family 26, Zen 5) it ran at 759 against 136 and the base network took
+    4.5 against 7.9 s.  So these stay exact unless ``DA3P_CPU_PRECISION=probe`` (measure, once)
+    or ``bf16`` says otherwise;
   - other CPUs with native bf16 (aarch64 ``bf16``; arm64 with no /proc/cpuinfo): a one-off
-    timed probe (fp32 against bf16 matmuls), cached per machine in
-    ``~/.cache/da3-plugins/cpu-precision.json`` (``$XDG_CACHE_HOME`` is honoured); ``bf16``
-    when it is at least :data:`PROBE_MIN_SPEEDUP` times faster;
+    timed probe (fp32 against bf16 matmuls), cached per machine (CPU identity, flags, torch
+    version, threads) in ``~/.cache/da3-plugins/cpu-precision.json`` (``$XDG_CACHE_HOME`` is
+    honoured); ``bf16`` when it is at least :data:`PROBE_MIN_SPEEDUP` times faster;
   - anything else: ``fp32``.
 * any other device: ``fp32``.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -55,6 +60,10 @@ PROBE_MIN_SPEEDUP = 1.3
 (the whole network gains less than a bare matmul: the casts and fp32 heads stay)."""
 PROBE_SIZE = 1536
 
+class PrecisionError(OptionError):
+    """A precision name that is unknown or that the device cannot run (int8 on a GPU)."""
+
+
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.qint8}
 _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "qint8": "int8"}
 _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
@@ -67,22 +76,22 @@ def resolve_precision(precision: Union[str, torch.dtype, None], device: Union[st
     """A precision (a name, an alias such as "bfloat16", a torch dtype, None or "auto") -> the
     concrete name used on ``device`` ("fp32", "bf16", "fp16" or "int8").
 
-    None and "auto" follow :func:`auto_precision`.  int8 anywhere but the CPU is an
-    :class:`OptionError` (one line)."""
+    None and "auto" follow :func:`auto_precision`.  An unknown name, or int8 anywhere but the
+    CPU, is a :class:`PrecisionError` (an :class:`OptionError`, one line)."""
     if isinstance(precision, torch.dtype):
         if precision not in _NAMES:
-            raise OptionError(f"precision: expected float32, bfloat16, float16 or qint8, got {precision}")
+            raise PrecisionError(f"precision: expected float32, bfloat16, float16 or qint8, got {precision}")
         name = _NAMES[precision]
     else:
         text = "auto" if precision is None else str(precision).lower()
         name = _ALIASES.get(text, text)
         if name not in PRECISIONS:
-            raise OptionError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+            raise PrecisionError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if name == "auto":
         return auto_precision(dev)
     if name == "int8" and dev.type != "cpu":
-        raise OptionError(f"precision: int8 (dynamic int8 quantisation) runs on the CPU only, not on {dev.type}; "
+        raise PrecisionError(f"precision: int8 (dynamic int8 quantisation) runs on the CPU only, not on {dev.type}; "
                           "use auto, bf16 or fp16 there")
     return name
 
@@ -139,6 +148,7 @@ class CpuFeatures:
     amx: bool = False
     native_bf16: bool = False
     known: bool = True  #: False when the features could not be read (no /proc/cpuinfo)
+    signature: str = ""  #: family / model / stepping and a hash of the flags (names are often masked)
 
 
 @dataclass(frozen=True)
@@ -173,14 +183,15 @@ def decide_cpu(features: Optional[CpuFeatures] = None) -> Decision:
     if forced in ("fp32", "bf16"):
         return Decision(forced, f"{CPU_PRECISION_ENV}={forced}")
     if forced and forced != "probe":
-        raise OptionError(f"{CPU_PRECISION_ENV}: expected fp32, bf16 or probe, got {forced!r}")
+        raise PrecisionError(f"{CPU_PRECISION_ENV}: expected fp32, bf16 or probe, got {forced!r}")
     feats = features or cpu_features()
     if forced == "probe":
         return _probe_decision(feats)
     if feats.amx:
         return Decision("bf16", "CPU with AMX")
     if feats.arch in ("x86_64", "amd64", "i386", "i686", "x86"):
-        return Decision("fp32", "x86 CPU without AMX (bf16 is slower there)")
+        return Decision("fp32", f"x86 CPU without AMX: exact (bf16's speed there varies by chip; "
+                                f"{CPU_PRECISION_ENV}=probe measures it)")
     if feats.native_bf16 or (not feats.known and feats.arch in ("arm64", "aarch64")):
         return _probe_decision(feats)
     return Decision("fp32", "CPU without native bfloat16")
@@ -211,7 +222,7 @@ def parse_cpuinfo(text: str, arch: str) -> CpuFeatures:
     architecture (``platform.machine()``).  AMX: the ``amx_bf16`` and ``amx_tile`` flags (the
     kernel lists them only when it lets programs use the tiles); with no cpuinfo, torch's own
     check.  Native bf16: x86 ``avx512_bf16`` or AMX, aarch64 ``bf16``."""
-    flags, model = set(), ""
+    flags, model, ident = set(), "", {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -219,6 +230,9 @@ def parse_cpuinfo(text: str, arch: str) -> CpuFeatures:
             flags = set(value.split())
         elif key in ("model name", "cpu model", "hardware") and not model:
             model = value.strip()
+        elif key in ("cpu family", "model", "stepping", "cpu implementer", "cpu part", "cpu variant") \
+                and key not in ident:
+            ident[key] = value.strip()
     known = bool(flags)
     amx = {"amx_bf16", "amx_tile"} <= flags
     check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)  # private: may go
@@ -227,8 +241,11 @@ def parse_cpuinfo(text: str, arch: str) -> CpuFeatures:
             amx = bool(check())
         except Exception:  # noqa: BLE001 - a private helper; its absence only means "no AMX"
             amx = False
+    signature = "/".join(f"{k} {v}" for k, v in sorted(ident.items()))
+    signature += f"/flags {hashlib.sha1(' '.join(sorted(flags)).encode()).hexdigest()[:10]}"
     return CpuFeatures(arch=arch.lower(), model=model or platform.processor(), amx=amx,
-                       native_bf16=amx or "avx512_bf16" in flags or "bf16" in flags, known=known)
+                       native_bf16=amx or "avx512_bf16" in flags or "bf16" in flags, known=known,
+                       signature=signature)
 
 
 # ------------------------------------------------------------------------------- the probe
@@ -240,7 +257,7 @@ def probe_cache_path() -> Path:
 
 
 def _probe_key(feats: CpuFeatures) -> str:
-    return f"{feats.arch}|{feats.model}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return f"{feats.arch}|{feats.model}|{feats.signature}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
 def _probe_decision(feats: CpuFeatures) -> Decision:
@@ -314,13 +331,13 @@ def quantize_linear_layers(module: torch.nn.Module) -> torch.nn.Module:
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError as exc:  # a future torch without torch.ao.quantization
-        raise OptionError(f"precision: int8 needs torch.ao.quantization, which this torch lacks ({exc})") from None
+        raise PrecisionError(f"precision: int8 needs torch.ao.quantization, which this torch lacks ({exc})") from None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated", category=UserWarning)
         return quantize_dynamic(copy.deepcopy(module).cpu().float(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
-__all__ = ["CPU_PRECISION_ENV", "CpuFeatures", "Decision", "auto_precision", "backbone_precision", "cached_probe",
-           "cpu_features", "decide_auto", "decide_cpu", "model_precision", "precision_name", "resolve_dtype",
-           "resolve_precision", "set_precision"]
+__all__ = ["CPU_PRECISION_ENV", "CpuFeatures", "Decision", "PrecisionError", "auto_precision", "backbone_precision",
+           "cached_probe", "cpu_features", "decide_auto", "decide_cpu", "int8_backbone", "model_precision",
+           "parse_cpuinfo", "precision_name", "probe_cache_path", "resolve_dtype", "resolve_precision", "set_precision"]

@@ -210,13 +210,14 @@ def load_model_for(source: Optional[str], *, device: str = "auto", precision: Op
     (the policy in ``core/precision.py``); a precision the device cannot run (int8 on a GPU) is
     one line naming the precision."""
     from da3_plugins.core import load_model
+    from da3_plugins.core.precision import PrecisionError
 
     name = source or DEFAULT_MODEL
     sink = progress or Progress()
     sink.update("model", 0, 1, name)
     try:
         model = load_model(name, device=device, dtype=precision or "auto")
-    except OptionError:  # the precision, not the model: its own line ("precision: ...")
+    except PrecisionError:  # the precision, not the model: its own line ("precision: ...")
         raise
     except (UserInputError, FileNotFoundError, ImportError) as exc:
         hint = ""

@@ -89,6 +89,10 @@ def test_cpu_features_are_read_from_cpuinfo():
     arm = P.parse_cpuinfo(ARM_BF16_CPUINFO, "aarch64")
     assert arm.native_bf16 and not arm.amx
     assert not P.parse_cpuinfo(ARM_CPUINFO, "aarch64").native_bf16
+    # masked model names ("AMD EPYC" for Zen 4 and Zen 5 alike): the probe's cache tells them apart
+    zen4 = P.parse_cpuinfo("model name\t: AMD EPYC\ncpu family\t: 25\nflags\t: avx512_bf16\n", "x86_64")
+    zen5 = P.parse_cpuinfo("model name\t: AMD EPYC\ncpu family\t: 26\nflags\t: avx512_bf16 avx_vnni\n", "x86_64")
+    assert zen4.model == zen5.model and P._probe_key(zen4) != P._probe_key(zen5)
 
 
 def test_cpu_with_amx_runs_bf16_without_a_probe(monkeypatch, policy):
@@ -207,6 +211,17 @@ def test_front_ends_load_with_auto(monkeypatch, policy):
     assert load_model_for("embedded", device="cpu").precision == "bf16"
     assert load_model_for("embedded", device="cpu", precision="fp32").precision == "fp32"
     assert load_model_for("embedded", device="cpu", precision="int8").precision == "int8"
+
+
+def test_a_precision_the_device_cannot_run_is_its_own_line(monkeypatch):
+    """int8 on a GPU (faked: no GPU here) names the precision, not the model."""
+    import da3_plugins.core.model.da3model as da3model
+    from da3_plugins.runner import load_model_for
+
+    monkeypatch.setattr(da3model, "set_precision", lambda net, precision: P.resolve_precision(precision, "cuda"))
+    with pytest.raises(P.PrecisionError) as err:
+        load_model_for("embedded", device="cpu", precision="int8")
+    assert str(err.value).startswith("precision: int8") and "--model" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- int8
