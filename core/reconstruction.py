@@ -18,28 +18,29 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 try:  # inside the package
     from . import conventions as _conv
     from . import scene_io as _io
-    from .points import AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points, resolve_conf_threshold
+    from .points import (AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points, pixel_grid, points_of_pixels,
+                         ray_matrices, resolve_conf_threshold)
     from .options import SceneOptions
     from .scene_io import SCHEMA_NAME, SCHEMA_VERSION, SceneFileError, SceneWriter, atomic_folder, atomic_path
 except ImportError:  # copied as plain modules (the Blender extension)
     import conventions as _conv  # type: ignore[no-redef]
     import scene_io as _io  # type: ignore[no-redef]
     from points import (AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points,  # type: ignore[no-redef]
-                        resolve_conf_threshold)
+                        pixel_grid, points_of_pixels, ray_matrices, resolve_conf_threshold)
     from options import SceneOptions  # type: ignore[no-redef]
     from scene_io import (SCHEMA_NAME, SCHEMA_VERSION, SceneFileError, SceneWriter,  # type: ignore[no-redef]
                           atomic_folder, atomic_path)
 
 PathLike = Union[str, os.PathLike]
 VIEW_BLOCK_PIXELS = 1 << 22
-"""Whole-scene work (points, samples) goes through blocks of views of about this many pixels."""
+"""The size of the pieces of :meth:`Reconstruction.iter_points` (points; whole views)."""
 
 
 @dataclass
@@ -264,29 +265,63 @@ class Reconstruction:
             stride: take every ``stride``-th pixel in both directions (>= 1).
             drop_sky: leave out pixels of the sky mask (when the model gives one).
             views: restrict to these view indices.
+
+        The points come view by view in ``views`` order, each view's in row-major pixel order.
+        Only the chosen pixels are back-projected, straight into the result (one pass counts,
+        one fills), so the memory is the result's plus one view's; a scene of memory maps is
+        read view by view.  The numbers are those of :meth:`world_points` at the same pixels.
         """
-        conf_threshold = resolve_conf_threshold(conf_threshold, self.conf)
-        if int(stride) != stride or stride < 1:
-            raise ValueError(f"stride: expected an integer >= 1, got {stride!r}")
-        stride = int(stride)
-        idx = list(range(self.num_views)) if views is None else [int(i) for i in views]
-        for i in idx:
-            if not 0 <= i < self.num_views:
-                raise ValueError(f"views: index {i} out of range for {self.num_views} views")
-        parts = []
-        block = max(1, VIEW_BLOCK_PIXELS // (self.height * self.width))  # views at a time: bounded memory
-        for b in range(0, max(len(idx), 1), block):
-            sel = idx[b:b + block]
-            if sel and sel == list(range(sel[0], sel[-1] + 1)):
-                sel = slice(sel[0], sel[-1] + 1)  # a range: memory maps are read, not copied whole
-            mask = self.valid_mask(conf_threshold, drop_sky, views=sel)[:, ::stride, ::stride]
-            world = depth_to_points(self.depth[sel], self.intrinsics[sel], self.extrinsics[sel], stride=stride)
-            view = np.broadcast_to(np.arange(self.num_views, dtype=np.int32)[sel][:, None, None], mask.shape)
-            conf = (self.conf[sel][:, ::stride, ::stride] if self.conf is not None
-                    else np.ones(mask.shape, dtype=np.float32))
-            parts.append((world[mask], self.images[sel][:, ::stride, ::stride][mask],
-                          conf[mask].astype(np.float32), view[mask]))
-        return PointCloud(*(np.ascontiguousarray(np.concatenate([p[k] for p in parts])) for k in range(4)))
+        thr, stride, idx = self._point_args(conf_threshold, stride, views)
+        geo = _ViewGeometry(self, idx, stride)
+        keep = len(idx) * geo.pixels <= 1 << 26  # keep the masks of up to 64 MB; else count, then recompute
+        masks = [self._view_mask(i, thr, stride, drop_sky) for i in idx] if keep else None
+        counts = ([int(np.count_nonzero(m)) for m in masks] if keep
+                  else [int(np.count_nonzero(self._view_mask(i, thr, stride, drop_sky))) for i in idx])
+        out = _empty_cloud(sum(counts))
+        start = 0
+        for j, i in enumerate(idx):
+            mask = masks[j] if keep else self._view_mask(i, thr, stride, drop_sky)
+            geo.fill(j, np.flatnonzero(mask), out, start)
+            start += counts[j]
+        return out
+
+    def point_counts(self, conf_threshold: Optional[float] = None, stride: int = 1, drop_sky: bool = True,
+                     views: Optional[List[int]] = None) -> np.ndarray:
+        """(len(views),) int64: how many points :meth:`points` gives for each view (same
+        arguments); reads only depth, confidence and sky, view by view."""
+        thr, stride, idx = self._point_args(conf_threshold, stride, views)
+        return np.array([np.count_nonzero(self._view_mask(i, thr, stride, drop_sky)) for i in idx], np.int64)
+
+    def iter_points(self, conf_threshold: Optional[float] = None, stride: int = 1, drop_sky: bool = True,
+                    views: Optional[List[int]] = None, max_points: Optional[int] = None) -> Iterator[PointCloud]:
+        """:meth:`points` in pieces of whole views (at most ``max_points`` points each, default
+        :data:`VIEW_BLOCK_PIXELS`, unless one view has more; views without points are skipped):
+        their concatenation is :meth:`points` of the same arguments.  Memory stays that of one
+        piece, for writers that stream to a file."""
+        thr, stride, idx = self._point_args(conf_threshold, stride, views)
+        max_points = VIEW_BLOCK_PIXELS if max_points is None else int(max_points)
+        geo = _ViewGeometry(self, idx, stride)
+        group: List[Tuple[int, np.ndarray]] = []
+        held = 0
+
+        def piece() -> PointCloud:
+            out = _empty_cloud(held)
+            start = 0
+            for j, index in group:
+                geo.fill(j, index, out, start)
+                start += len(index)
+            return out
+
+        for j, i in enumerate(idx):
+            index = np.flatnonzero(self._view_mask(i, thr, stride, drop_sky))
+            if group and held + len(index) > max_points:
+                yield piece()
+                group, held = [], 0
+            if len(index):
+                group.append((j, index))
+                held += len(index)
+        if group:
+            yield piece()
 
     def sample_points(self, max_points: int, conf_threshold: Optional[float] = None, stride: int = 1,
                       seed: int = 0, finite: bool = False) -> Tuple[PointCloud, int]:
@@ -294,31 +329,56 @@ class Reconstruction:
         ``max_points`` a random subset in their order (``default_rng(seed).choice`` of the
         indices, sorted); ``total`` is the number of points sampled from.
 
-        A large scene is done in two passes over blocks of views, with the same result: only
-        the sample is held in memory (a scene of memory maps stays on disk)."""
-        thr = resolve_conf_threshold(conf_threshold, self.conf)
-        block = max(1, VIEW_BLOCK_PIXELS // (self.height * self.width))
-        blocks = [list(range(b, min(b + block, self.num_views))) for b in range(0, self.num_views, block)]
+        Two passes view by view, holding only the sample (a scene of memory maps stays on disk):
+        the first counts (from the masks; positions are computed only when they might overflow
+        to inf), the second back-projects the picked pixels only."""
+        thr, stride, idx = self._point_args(conf_threshold, stride, None)
+        geo = _ViewGeometry(self, idx, stride)
 
-        def cloud_of(views: List[int]) -> PointCloud:
-            c = self.points(thr, stride, views=views)
-            return _subset(c, np.isfinite(c.positions).all(1)) if finite else c
+        def indices(j: int) -> np.ndarray:  # view j's flat grid indices of the points to sample from
+            index = np.flatnonzero(self._view_mask(idx[j], thr, stride, True))
+            if finite and len(index) and not geo.surely_finite(j, index):
+                pts = points_of_pixels(geo.depth(j), geo.mt[j], geo.centre[j], geo.pix, index)
+                index = index[np.isfinite(pts).all(1)]
+            return index
 
-        held = [cloud_of(blocks[0])] if len(blocks) == 1 else None
-        counts = [len(c) for c in held] if held else [len(cloud_of(b)) for b in blocks]
-        total = sum(counts)
+        counts = [len(indices(j)) for j in range(len(idx))]
+        total = int(sum(counts))
         pick = (np.sort(np.random.default_rng(seed).choice(total, int(max_points), replace=False))
                 if total > max_points else None)
-        parts, start = [], 0
-        for j, views in enumerate(blocks):
-            c = held[j] if held else cloud_of(views)
-            if pick is not None:
-                lo, hi = np.searchsorted(pick, [start, start + counts[j]])
-                c = _subset(c, pick[lo:hi] - start)
-            parts.append(c)
+        out = _empty_cloud(total if pick is None else len(pick))
+        start = at = 0
+        for j in range(len(idx)):
+            lo, hi = (0, counts[j]) if pick is None else np.searchsorted(pick, [start, start + counts[j]])
+            if hi > lo:
+                index = indices(j)
+                if pick is not None:
+                    index = index[pick[lo:hi] - start]
+                geo.fill(j, index, out, at)
+                at += len(index)
             start += counts[j]
-        return PointCloud(*(np.concatenate([getattr(p, f) for p in parts])
-                            for f in ("positions", "colors", "confidence", "view"))), total
+        return out, total
+
+    def _point_args(self, conf_threshold, stride, views) -> Tuple[Optional[float], int, List[int]]:
+        """The checked arguments of the point methods: (threshold, stride, view indices)."""
+        thr = resolve_conf_threshold(conf_threshold, self.conf)
+        if int(stride) != stride or stride < 1:
+            raise ValueError(f"stride: expected an integer >= 1, got {stride!r}")
+        idx = list(range(self.num_views)) if views is None else [int(i) for i in views]
+        for i in idx:
+            if not 0 <= i < self.num_views:
+                raise ValueError(f"views: index {i} out of range for {self.num_views} views")
+        return thr, int(stride), idx
+
+    def _view_mask(self, i: int, thr: Optional[float], stride: int, drop_sky: bool) -> np.ndarray:
+        """(h, w) bool on view ``i``'s strided grid: ``valid_mask(thr, drop_sky)[i, ::stride, ::stride]``."""
+        depth = self.depth[i, ::stride, ::stride]
+        mask = np.isfinite(depth) & (depth > 0)
+        if thr is not None and self.conf is not None:
+            mask &= self.conf[i, ::stride, ::stride] >= thr
+        if drop_sky and self.sky is not None:
+            mask &= ~self.sky[i, ::stride, ::stride]
+        return mask
 
     # ------------------------------------------------------------------ scene file
 
@@ -383,6 +443,49 @@ class Reconstruction:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+class _ViewGeometry:
+    """The back-projection numbers of some views (``idx``) on a strided grid, and the filling of
+    :class:`PointCloud` rows from chosen pixels (:func:`core.points.points_of_pixels`)."""
+
+    def __init__(self, rec: "Reconstruction", idx: List[int], stride: int) -> None:
+        self.rec, self.idx, self.stride = rec, idx, stride
+        # per view as depth_to_points makes them (float64, cast once): the same bits as world_points
+        self.mt, self.centre = ray_matrices(rec.intrinsics[idx], rec.extrinsics[idx]) if idx else (None, None)
+        self.pix = pixel_grid(rec.height, rec.width, stride)
+        self.pixels = len(self.pix)
+
+    def depth(self, j: int) -> np.ndarray:
+        s = self.stride
+        return self.rec.depth[self.idx[j], ::s, ::s].reshape(-1)
+
+    def surely_finite(self, j: int, index: np.ndarray) -> bool:
+        """Every point of these pixels is finite, by a bound (no back-projection): finite
+        numbers and ``max|ray| * max depth + max|centre|`` far below float32's overflow."""
+        mt, c = self.mt[j].astype(np.float64), self.centre[j].astype(np.float64)
+        if not (np.isfinite(mt).all() and np.isfinite(c).all()):
+            return False
+        top = float(np.max(np.take(self.depth(j), index)))  # finite, positive: the masks say so
+        ray = float((np.abs(mt) * np.array([[self.rec.width], [self.rec.height], [1.0]])).sum(0).max())
+        return ray * top * 2 + float(np.abs(c).max()) * 2 < 1e37
+
+    def fill(self, j: int, index: np.ndarray, out: PointCloud, start: int) -> None:
+        """Rows ``start:start+len(index)`` of ``out``: view ``idx[j]``'s points at grid pixels ``index``."""
+        rec, s, i = self.rec, self.stride, self.idx[j]
+        rows = slice(start, start + len(index))
+        points_of_pixels(self.depth(j), self.mt[j], self.centre[j], self.pix, index, out=out.positions[rows])
+        np.take(rec.images[i, ::s, ::s].reshape(-1, 3), index, axis=0, out=out.colors[rows], mode="clip")
+        if rec.conf is not None:
+            np.take(rec.conf[i, ::s, ::s].reshape(-1), index, out=out.confidence[rows], mode="clip")
+        else:
+            out.confidence[rows] = 1.0
+        out.view[rows] = i
+
+
+def _empty_cloud(n: int) -> PointCloud:
+    return PointCloud(np.empty((n, 3), np.float32), np.empty((n, 3), np.uint8), np.empty(n, np.float32),
+                      np.empty(n, np.int32))
 
 
 def _subset(c: PointCloud, sel) -> PointCloud:
