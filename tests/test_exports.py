@@ -349,12 +349,12 @@ def test_interrupted_exports_leave_nothing(rec, tmp_path, monkeypatch):
 
     rec.gaussians = _random_gaussians(50, 2)
 
-    def half_rows(fh, data, chunk=1 << 18):  # the header and half the rows, then a failure
-        fh.write(data[: len(data) // 2].tobytes())
+    def half_rows(self, fields):  # the header and half the rows, then a failure
+        self.fh.write(b"\x00" * (self.table.dtype.itemsize * (len(fields[0][1]) // 2)))
         raise RuntimeError("interrupted")
 
     with monkeypatch.context() as m:
-        m.setattr(ply_mod, "_write_rows", half_rows)
+        m.setattr(ply_mod._RowWriter, "write", half_rows)
         with pytest.raises(RuntimeError):
             write_point_ply(tmp_path / "p.ply", rec)
         with pytest.raises(RuntimeError):
@@ -386,11 +386,8 @@ def test_interrupted_exports_leave_nothing(rec, tmp_path, monkeypatch):
         with pytest.raises(RuntimeError):
             write_colmap(tmp_path / "sparse", rec)
 
-    class FailingImage:  # the second image fails
-        fromarray = staticmethod(_fail_after(2, Image.fromarray))
-
-    with monkeypatch.context() as m:
-        m.setattr(ns_mod, "Image", FailingImage)
+    with monkeypatch.context() as m:  # the second picture fails
+        m.setattr(ns_mod, "save_png", _fail_after(2, ns_mod.save_png))
         with pytest.raises(RuntimeError):
             write_nerfstudio(tmp_path / "ns", rec, depth=True)
 

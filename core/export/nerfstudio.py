@@ -24,14 +24,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
-from PIL import Image
 
 from .. import conventions as conv
 from ..reconstruction import Reconstruction, atomic_folder
-from .depth_images import default_depth_unit, depth_to_uint16, file_stems, largest_depth
+from .depth_images import default_depth_unit, depth_to_uint16, file_stems, largest_depth, map_views, save_png
 from .ply import write_point_ply
 
 PathLike = Union[str, os.PathLike]
@@ -41,7 +40,7 @@ __all__ = ["depth_to_uint16", "write_nerfstudio"]
 
 def write_nerfstudio(folder: PathLike, rec: Reconstruction, *, images: bool = True, depth: bool = False,
                      points: bool = True, conf_threshold: Union[None, float, str] = "auto", point_stride: int = 2,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, workers: Optional[int] = None) -> Path:
     """Write a nerfstudio dataset folder (atomically); returns ``folder``.
 
     Contents:
@@ -62,6 +61,9 @@ def write_nerfstudio(folder: PathLike, rec: Reconstruction, *, images: bool = Tr
         conf_threshold: the seed points' confidence filter (see :meth:`Reconstruction.points`).
         point_stride: the seed points' pixel stride.
         overwrite: replace an existing ``folder``; otherwise an existing one is an error.
+        workers: threads writing the per-view PNGs (default: the CPUs, see
+            :func:`~core.export.depth_images.export_workers`; 1: one after the other), by
+            :func:`~core.export.depth_images.encode_png`.
 
     Raises:
         ValueError: no seed point passes the filters.
@@ -78,9 +80,9 @@ def write_nerfstudio(folder: PathLike, rec: Reconstruction, *, images: bool = Tr
             (tmp / "images").mkdir()
         if depth:
             (tmp / "depth").mkdir()
-        frames: List[Dict[str, Any]] = []
-        for i, stem in enumerate(stems):
-            k = rec.intrinsics[i]
+
+        def one_view(i: int) -> Dict[str, Any]:  # in threads (PNG encoding releases the GIL)
+            stem, k = stems[i], rec.intrinsics[i]
             frame: Dict[str, Any] = {
                 "file_path": f"images/{stem}.png",
                 "transform_matrix": c2w[i].tolist(),
@@ -88,13 +90,15 @@ def write_nerfstudio(folder: PathLike, rec: Reconstruction, *, images: bool = Tr
                 "w": rec.width, "h": rec.height,
             }
             if images:
-                Image.fromarray(rec.images[i]).save(tmp / "images" / f"{stem}.png")
+                save_png(rec.images[i], tmp / "images" / f"{stem}.png")
             if depth:
                 valid = rec.valid_mask(None, drop_sky=True, views=slice(i, i + 1))[0]
                 q, _ = depth_to_uint16(np.where(valid, rec.depth[i], np.nan), unit)
-                Image.fromarray(q).save(tmp / "depth" / f"{stem}.png")
+                save_png(q, tmp / "depth" / f"{stem}.png")
                 frame["depth_file_path"] = f"depth/{stem}.png"
-            frames.append(frame)
+            return frame
+
+        frames = map_views(one_view, len(stems), workers)
         meta: Dict[str, Any] = {
             "camera_model": "OPENCV",
             "frames": frames,

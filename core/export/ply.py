@@ -15,6 +15,7 @@ from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import OptionError
+from ..points import resolve_conf_threshold
 from ..reconstruction import GaussianSet, PointCloud, Reconstruction, atomic_path
 
 PathLike = Union[str, os.PathLike]
@@ -32,42 +33,54 @@ GAUSSIAN_HEAD = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2")
 GAUSSIAN_TAIL = ("opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 
 
-def _vertex_table(fields: Sequence[Tuple[str, np.ndarray]]) -> np.ndarray:
-    """(name, 1-D array) pairs of equal length -> one packed little-endian structured array."""
-    n = len(fields[0][1])
-    for name, arr in fields:
-        if np.asarray(arr).shape != (n,):
-            raise ValueError(f"{name}: expected shape ({n},), got {np.asarray(arr).shape}")
-    dtype = np.dtype([(name, "<" + np.asarray(arr).dtype.str[1:]) for name, arr in fields])
-    data = np.empty(n, dtype=dtype)
-    for name, arr in fields:
-        data[name] = arr
-    return data
+def _vertex_dtype(fields: Sequence[Tuple[str, np.ndarray]]) -> np.dtype:
+    """The packed little-endian row type of (name, 1-D array) pairs (types from the arrays)."""
+    return np.dtype([(name, "<" + np.asarray(arr).dtype.str[1:]) for name, arr in fields])
 
 
-def _ply_header(data: np.ndarray, comments: Sequence[str]) -> bytes:
+def _ply_header(dtype: np.dtype, count: int, comments: Sequence[str]) -> bytes:
     lines = ["ply", "format binary_little_endian 1.0"]
     lines += [f"comment {c}" for c in comments]
-    lines.append(f"element vertex {len(data)}")
-    lines += [f"property {_PLY_TYPES[data.dtype[name].str[1:]]} {name}" for name in data.dtype.names]
+    lines.append(f"element vertex {count}")
+    lines += [f"property {_PLY_TYPES[dtype[name].str[1:]]} {name}" for name in dtype.names]
     lines.append("end_header")
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
-def _write_rows(fh: BinaryIO, data: np.ndarray, chunk: int = 1 << 18) -> None:
-    """Write the rows in chunks (bounded memory for large clouds)."""
-    for start in range(0, len(data), chunk):
-        fh.write(data[start:start + chunk].tobytes())
+ROWS_AT_A_TIME = 1 << 18
+"""Rows packed and written at a time (one reused table)."""
+POINTS_AT_A_TIME = 1 << 20
+"""Points back-projected at a time by :func:`write_point_ply` (whole views, see
+:meth:`Reconstruction.iter_points`)."""
+
+
+class _RowWriter:
+    """Packs columns into rows of one reused table and writes them (bounded memory)."""
+
+    def __init__(self, fh: BinaryIO, dtype: np.dtype) -> None:
+        self.fh, self.table = fh, np.empty(ROWS_AT_A_TIME, dtype)
+
+    def write(self, fields: Sequence[Tuple[str, np.ndarray]]) -> None:
+        n, chunk = len(fields[0][1]), len(self.table)
+        for start in range(0, n, chunk):
+            rows = self.table[:min(chunk, n - start)]
+            for name, arr in fields:
+                rows[name] = arr[start:start + len(rows)]
+            self.fh.write(rows.view(np.uint8))  # no bytes copy
 
 
 def _write_vertex_ply(path: PathLike, fields: Sequence[Tuple[str, np.ndarray]], comments: Sequence[str] = ()) -> Path:
     """Write one ``vertex`` element with the given properties (types from the arrays' dtypes)."""
-    data = _vertex_table(fields)
+    n = len(fields[0][1])
+    for name, arr in fields:
+        if np.asarray(arr).shape != (n,):
+            raise ValueError(f"{name}: expected shape ({n},), got {np.asarray(arr).shape}")
+    dtype = _vertex_dtype(fields)
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            fh.write(_ply_header(data, comments))
-            _write_rows(fh, data)
+            fh.write(_ply_header(dtype, n, comments))
+            _RowWriter(fh, dtype).write(fields)
     return path
 
 
@@ -100,24 +113,39 @@ def write_point_ply(path: PathLike, source: Union[Reconstruction, PointCloud], *
             Reconstruction only) uses the official percentile rule.
         stride: every ``stride``-th pixel in both directions (a Reconstruction only).
 
+    A Reconstruction's points are counted, then back-projected and written
+    :data:`POINTS_AT_A_TIME` at a time: memory holds one piece, never the whole cloud (a scene
+    of memory maps is read view by view).
+
     Raises:
         ValueError: no point passes the filters, or bad arguments.
     """
-    if isinstance(source, Reconstruction):
-        cloud = source.points(conf_threshold=conf_threshold, stride=stride)
+    if isinstance(source, Reconstruction):  # streamed: counted, then written view by view
+        thr = resolve_conf_threshold(conf_threshold, source.conf)
+        total = int(source.point_counts(thr, stride).sum())
+        pieces = source.iter_points(thr, stride, max_points=POINTS_AT_A_TIME)
     elif isinstance(source, PointCloud):
         cloud = _filter_cloud(source, conf_threshold, stride)
+        total, pieces = len(cloud), iter([cloud])
     else:
         raise ValueError(f"source: expected a Reconstruction or a PointCloud, got {type(source).__name__}")
-    if len(cloud) == 0:
+    if total == 0:
         raise OptionError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
-    pos = np.asarray(cloud.positions, np.float32).reshape(-1, 3)
-    col = np.asarray(cloud.colors, np.uint8).reshape(-1, 3)
-    return _write_vertex_ply(path, [
-        ("x", pos[:, 0]), ("y", pos[:, 1]), ("z", pos[:, 2]),
-        ("red", col[:, 0]), ("green", col[:, 1]), ("blue", col[:, 2]),
-        ("confidence", np.asarray(cloud.confidence, np.float32)), ("view", np.asarray(cloud.view, np.int32)),
-    ], comments=["da3-plugins point cloud (world frame of the reconstruction)"])
+    dtype = np.dtype([(n, "<f4") for n in "xyz"] + [(n, "u1") for n in ("red", "green", "blue")]
+                     + [("confidence", "<f4"), ("view", "<i4")])
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(_ply_header(dtype, total, ["da3-plugins point cloud (world frame of the reconstruction)"]))
+            rows = _RowWriter(fh, dtype)
+            for cloud in pieces:
+                pos = np.asarray(cloud.positions, np.float32).reshape(-1, 3)
+                col = np.asarray(cloud.colors, np.uint8).reshape(-1, 3)
+                rows.write([("x", pos[:, 0]), ("y", pos[:, 1]), ("z", pos[:, 2]),
+                            ("red", col[:, 0]), ("green", col[:, 1]), ("blue", col[:, 2]),
+                            ("confidence", np.asarray(cloud.confidence, np.float32)),
+                            ("view", np.asarray(cloud.view, np.int32))])
+    return path
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
