@@ -43,13 +43,14 @@ PathLike = Union[str, os.PathLike]
 #: the unit of 16-bit depth PNGs unless the depth would overflow (millimetres for metric depth)
 DEFAULT_DEPTH_UNIT = 1e-3
 
-PNG_ZLIB = (1, zlib.Z_HUFFMAN_ONLY)
-"""zlib's (level, strategy) for the exports' PNGs (:func:`encode_png`): Huffman coding only.
-Chosen by measurement (``benchmarks/bench_exports.py --png``, 504x378 pictures, one core):
-PNG's "Sub" filter then Huffman coding takes 4-7 ms a picture where Pillow's default (adaptive
-filters, zlib level 6) takes 45-75 ms and Pillow with Huffman coding only 8-17 ms; the files are
-20-45% larger than level 6's (15-35% larger than Pillow's Huffman-only ones).  That halves the
-time of the depth export, and costs about 10% in its size (most of it is ``.npy`` data)."""
+PNG_ZLIB = {8: (1, zlib.Z_HUFFMAN_ONLY), 16: (1, zlib.Z_DEFAULT_STRATEGY)}
+"""zlib's (level, strategy) for the exports' PNGs (:func:`encode_png`), by bits per sample:
+Huffman coding only for 8-bit pictures, level 1 for 16-bit depth (whose repeated high bytes
+LZ77 finds).  Chosen by measurement (``benchmarks/bench_exports.py --png``, 504x378 pictures,
+one core): PNG's "Sub" filter then these take 3-6 ms a picture where Pillow's default
+(adaptive per-row filters, zlib level 6) takes 30-60 ms and Pillow with Huffman coding only
+5-14 ms; the files are 20-40% larger than level 6's.  That halves the depth export's time and
+adds about 10% to its size (most of which is ``.npy`` data)."""
 
 MAX_WORKERS = 8
 """At most this many threads write per-view files (PNG encoding and numpy release the GIL)."""
@@ -238,7 +239,8 @@ def encode_png(array: np.ndarray) -> List[bytes]:
 
     Every row gets PNG's "Sub" filter (each byte minus the byte one pixel to its left, done by
     numpy for the whole picture at once), then zlib deflates the rows as :data:`PNG_ZLIB` says
-    (zlib releases the GIL: pictures encode in parallel in threads).  Any PNG reader reads it.
+    for the bit depth (zlib releases the GIL: pictures encode in parallel in threads).  Any PNG
+    reader reads it.
     """
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8:
@@ -259,7 +261,7 @@ def encode_png(array: np.ndarray) -> List[bytes]:
     filtered[:, 0] = 1  # filter type 1, Sub: x - left (the first pixel of a row has no left: itself)
     filtered[:, 1:bpp + 1] = rows[:, :bpp]
     np.subtract(rows[:, bpp:], rows[:, :-bpp], out=filtered[:, bpp + 1:])  # modulo 256
-    level, strategy = PNG_ZLIB
+    level, strategy = PNG_ZLIB[bits]
     z = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
     data = z.compress(filtered) + z.flush()
     header = struct.pack(">IIBBBBB", a.shape[1], h, bits, colour_type, 0, 0, 0)
