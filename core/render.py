@@ -1,7 +1,7 @@
 """A pure-PyTorch 3-D Gaussian rasteriser: runs on any device, differentiable.
 
 For previews, videos and training where gsplat's CUDA kernels are not available.  The steps
-are those of 3-D Gaussian splatting (and gsplat's reference implementation):
+are those of 3-D Gaussian splatting and gsplat:
 
 1. world -> camera (OpenCV world-to-camera ``viewmat``); covariance Sigma = R S S^T R^T;
 2. perspective projection of the mean with K (continuous pixel coordinates, pixel centres at
@@ -9,9 +9,28 @@ are those of 3-D Gaussian splatting (and gsplat's reference implementation):
    diagonal (0.3 px^2, as gsplat); Gaussians behind ``near`` are dropped;
 3. colours from spherical harmonics evaluated along the view direction (+0.5, clamped at 0),
    or given RGB;
-4. per 16 x 16 tile, the Gaussians whose 3-sigma footprint touches it, sorted front to back;
+4. compositing front to back, per pixel:
    alpha = min(0.99, opacity * exp(-d^T Sigma2d^-1 d / 2)), ignored below 1/255;
-   colour = sum_i T_i alpha_i c_i + T_final * background with T_i = prod_{j<i} (1 - alpha_j).
+   colour = sum_i T_i alpha_i c_i + T_final * background with T_i = prod_{j<i} (1 - alpha_j);
+   a Gaussian counts only while the transmittance in front of it is T_i >= 1e-4 (``T_MIN``),
+   so a pixel stops once it is opaque (3DGS's early termination; what it leaves out is below
+   1e-4 of the colour).
+
+How step 4 runs (gsplat's algorithm, in batched tensor operations):
+
+* **Binning.**  alpha >= 1/255 only inside the ellipse d^T Sigma2d^-1 d <= 2 ln(255 opacity),
+  so each Gaussian goes to the ``TILE`` x ``TILE`` tiles that ellipse's bounding box touches
+  (no more: the result does not depend on the tiling).  One stable sort of the
+  (tile, Gaussian) pairs, made in depth order, gives every tile its list front to back.
+* **Blending.**  All tiles advance together through their lists, ``CHUNK`` Gaussians per step:
+  the exponent of every pixel x Gaussian pair of a step is one matrix product (it is a
+  quadratic form in the pixel's offset from the tile centre), transmittance a cumulative
+  product, the sums a batched matrix product.  A tile leaves once all its pixels have
+  T < ``T_MIN`` or its list is done.  Tiles go in batches of at most ``BLOCK`` pixel x Gaussian
+  pairs, so memory holds the pair lists (int32) and one batch, whatever the number of Gaussians.
+* **Backward** (a :class:`torch.autograd.Function`) replays the same steps, recomputing
+  alpha and T instead of storing them, and accumulates per-Gaussian gradients of the 2-D
+  means, conics, opacities, colours and depths; projection and SH are ordinary autograd.
 
 Quaternions are (w, x, y, z), the order :class:`~.reconstruction.GaussianSet` stores.
 """
@@ -23,14 +42,22 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .model.rotation import quat_wxyz_to_matrix
 from .seeds import EPS2D
 
-TILE = 16
+TILE = 8
+"""Tile side in pixels."""
+CHUNK = 32
+"""Gaussians per tile per step."""
+BLOCK = 1 << 20
+"""Pixel x Gaussian pairs per batch of tiles (a few float tensors of this size are alive)."""
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.99
+T_MIN = 1e-4
+"""A Gaussian behind a transmittance below this is not drawn (and a pixel stops there)."""
 
 
 @dataclass
@@ -79,6 +106,312 @@ def sh_colors(harmonics: Tensor, means: Tensor, camera_center: Tensor) -> Tensor
     return ((harmonics * basis[:, None, :]).sum(-1) + 0.5).clamp(min=0.0)
 
 
+# --------------------------------------------------------------------------- binning
+
+
+@dataclass
+class _Bins:
+    """Every tile's Gaussians front to back: ``gauss[start[t] : start[t] + count[t]]``."""
+
+    gauss: Tensor  # (N,) int32 Gaussian indices, sorted by (tile, depth)
+    start: Tensor  # (tiles,) int64
+    count: Tensor  # (tiles,) int64
+    tiles_x: int
+    tiles_y: int
+
+
+def _bin(means2d: Tensor, cov2d: Tensor, depth: Tensor, valid: Tensor, opacities: Tensor, width: int,
+         height: int) -> _Bins:
+    with torch.no_grad():
+        device = means2d.device
+        tiles_x, tiles_y = -(-width // TILE), -(-height // TILE)
+        tiles = tiles_x * tiles_y
+        mx, my = means2d[:, 0], means2d[:, 1]
+        sxx, syy = cov2d[:, 0, 0], cov2d[:, 1, 1]
+        det = sxx * syy - cov2d[:, 0, 1] * cov2d[:, 1, 0]
+        # alpha >= 1/255 needs d^T Sigma^-1 d <= k2; that ellipse's half-widths are sqrt(k2 Sigma_xx), ..
+        k2 = (2.0 * torch.log(opacities.detach().clamp(min=1e-30) / ALPHA_MIN)).clamp_(min=0)
+        rx = torch.sqrt(k2 * sxx) * 1.001 + 1e-3  # a margin for rounding
+        ry = torch.sqrt(k2 * syy) * 1.001 + 1e-3
+        # the pixels i whose centre i + 0.5 lies in [m - r, m + r]
+        x0, x1 = torch.ceil(mx - rx - 0.5), torch.floor(mx + rx - 0.5)
+        y0, y1 = torch.ceil(my - ry - 0.5), torch.floor(my + ry - 0.5)
+        keep = valid & (det > 0) & (k2 > 0) & torch.isfinite(x0 + x1 + y0 + y1) & (x0 <= x1) & (y0 <= y1) \
+            & (x1 >= 0) & (x0 <= width - 1) & (y1 >= 0) & (y0 <= height - 1)
+        idx = torch.nonzero(keep)[:, 0]
+        idx = idx.index_select(0, torch.argsort(depth.detach().index_select(0, idx), stable=True))
+        tx0 = (x0.index_select(0, idx).clamp_(min=0) // TILE).long()
+        tx1 = (x1.index_select(0, idx).clamp_(max=width - 1) // TILE).long()
+        ty0 = (y0.index_select(0, idx).clamp_(min=0) // TILE).long()
+        ty1 = (y1.index_select(0, idx).clamp_(max=height - 1) // TILE).long()
+        nx = tx1 - tx0 + 1
+        n = nx * (ty1 - ty0 + 1)
+        total = int(n.sum()) if n.numel() else 0
+        if total == 0:
+            z = torch.zeros(tiles, dtype=torch.long, device=device)
+            return _Bins(torch.zeros(0, dtype=torch.int32, device=device), z, z, tiles_x, tiles_y)
+        small = torch.int32 if total < 2**31 else torch.long
+        # pair j of Gaussian r (in depth order) is number off = j - first[r] in its box of tiles, row
+        # major: tile = base + (off // nx) tiles_x + off % nx = j + (base - first) + (off // nx) (tiles_x - nx)
+        rank = torch.repeat_interleave(torch.arange(len(idx), dtype=small, device=device), n)
+        first = torch.cumsum(n, 0) - n
+        j = torch.arange(total, dtype=small, device=device)
+        off = j - first.to(small).index_select(0, rank)
+        nxr = nx.to(small).index_select(0, rank)
+        tile = torch.div(off, nxr, rounding_mode="floor").mul_(tiles_x - nxr)
+        del off, nxr
+        tile += j
+        del j
+        tile += (ty0 * tiles_x + tx0 - first).to(small).index_select(0, rank)
+        count = torch.bincount(tile, minlength=tiles)
+        perm = torch.sort(tile, stable=True)[1]  # the pairs were made in depth order
+        del tile
+        gauss = idx.to(small).index_select(0, rank.index_select(0, perm))
+        start = torch.cumsum(count, 0) - count
+        return _Bins(gauss, start, count, tiles_x, tiles_y)
+
+
+# --------------------------------------------------------------------------- blending
+
+
+def _pixel_basis(dtype, device) -> Tensor:
+    """(P, 6) [u^2, u v, v^2, u, v, 1] of the pixel centres relative to the tile centre."""
+    c = torch.arange(TILE, device=device, dtype=dtype) + 0.5 - TILE / 2
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    u, v = u.reshape(-1), v.reshape(-1)
+    return torch.stack([u * u, u * v, v * v, u, v, torch.ones_like(u)], -1)
+
+
+def _tables(means2d, conic, opacities, feats):
+    """Per-Gaussian rows [mx, my, a, b, c, log opacity] and [feats, 1], each with a last dummy row
+    that draws nothing (the padding past the end of a tile's list)."""
+    dtype, device = means2d.dtype, means2d.device
+    par = torch.cat([means2d, conic, torch.log(opacities.clamp(min=0))[:, None]], 1)
+    dummy = torch.tensor([[0.0, 0.0, 1.0, 0.0, 1.0, -math.inf]], dtype=dtype, device=device)
+    par = torch.cat([par, dummy], 0)
+    fe = torch.cat([feats, torch.ones_like(feats[:, :1])], 1)
+    fe = torch.cat([fe, torch.zeros_like(fe[:1])], 0)
+    return par, fe
+
+
+def _gather(bins: _Bins, tiles: Tensor, step: int, k: int, dummy: int) -> Tensor:
+    """(k, B) int64 Gaussian indices of the tiles' chunk ``step`` (``dummy`` past a list's end)."""
+    start = bins.start.index_select(0, tiles)
+    pos = start + (step * k + torch.arange(k, device=tiles.device))[:, None]
+    end = start + bins.count.index_select(0, tiles)
+    g = bins.gauss.index_select(0, pos.view(-1).clamp(max=bins.gauss.numel() - 1)).view(pos.shape).long()
+    return g.masked_fill_(pos >= end, dummy)
+
+
+def _theta(par: Tensor, tiles: Tensor, tiles_x: int) -> "tuple[Tensor, Tensor, Tensor]":
+    """log alpha as a quadratic form in the pixel's offset from its tile centre: basis @ theta.
+
+    par (K, B, 6) [mx, my, a, b, c, log opacity] with the conic (a, b, c) -> theta (K, B, 6), and
+    the means relative to the tile centres (mu, mv) (K, B)."""
+    mu = par[..., 0] - ((tiles % tiles_x) * TILE + TILE / 2).to(par.dtype)
+    mv = par[..., 1] - ((tiles // tiles_x) * TILE + TILE / 2).to(par.dtype)
+    a, b, c, lo = par[..., 2], par[..., 3], par[..., 4], par[..., 5]
+    am, cm = a * mu, c * mv
+    th = torch.stack([-0.5 * a, -b, -0.5 * c, am + b * mv, cm + b * mu,
+                      lo - 0.5 * (am + 2 * b * mv) * mu - 0.5 * cm * mv], -1)
+    return th, mu, mv
+
+
+def _theta_backward(g_th: Tensor, par: Tensor, mu: Tensor, mv: Tensor) -> Tensor:
+    """dL/dtheta (..., 6) -> dL/d[mx, my, a, b, c, log opacity] (..., 6)."""
+    g0, g1, g2, g3, g4, g5 = g_th.unbind(-1)
+    a, b, c = par[..., 2], par[..., 3], par[..., 4]
+    return torch.stack([a * g3 + b * g4 - (a * mu + b * mv) * g5,
+                        b * g3 + c * g4 - (c * mv + b * mu) * g5,
+                        -0.5 * g0 + mu * g3 - 0.5 * mu * mu * g5,
+                        -g1 + mv * g3 + mu * g4 - mu * mv * g5,
+                        -0.5 * g2 + mv * g4 - 0.5 * mv * mv * g5,
+                        g5], -1)
+
+
+def _below(value: float, dtype) -> float:
+    """The largest number of ``dtype`` below ``value``: F.threshold keeps x > it, i.e. x >= value."""
+    v = torch.tensor(value, dtype=dtype)
+    return float(torch.nextafter(v, torch.zeros_like(v)))
+
+
+SMALL = 1 << 15
+"""Below this many elements a product is done elementwise: tiny matrix products start threads
+(MKL, batched bmm) that cost more than they save, worst on a loaded machine."""
+
+
+def _quad(th: Tensor, phi: Tensor) -> Tensor:
+    """(K, B, 6) x (P, 6) -> (K, B, P): sum_c th[k, b, c] phi[p, c]."""
+    if th.numel() * phi.shape[0] <= SMALL:
+        return (th[..., None, :] * phi).sum(-1)
+    return torch.mm(th.reshape(-1, 6), phi.T).view(*th.shape[:2], -1)
+
+
+def _quad_t(g: Tensor, phi: Tensor) -> Tensor:
+    """(K, B, P) x (P, 6) -> (K, B, 6): sum_p g[k, b, p] phi[p, c]."""
+    if g.numel() * 6 <= SMALL:
+        return (g[..., None] * phi).sum(-2)
+    return torch.mm(g.reshape(-1, g.shape[-1]), phi).view(*g.shape[:2], 6)
+
+
+def _sum_k(fe: Tensor, w: Tensor) -> Tensor:
+    """(K, B, C) x (K, B, P) -> (B, C, P): sum_k fe[k, b, c] w[k, b, p]."""
+    if w.numel() * fe.shape[-1] <= SMALL:
+        return (fe[..., None] * w[:, :, None, :]).sum(0)
+    return torch.bmm(fe.permute(1, 2, 0), w.transpose(0, 1))
+
+
+def _sum_c(fe: Tensor, go: Tensor) -> Tensor:
+    """(K, B, C) x (B, C, P) -> (K, B, P): sum_c fe[k, b, c] go[b, c, p] (may be strided)."""
+    if fe.shape[0] * go.numel() <= SMALL:
+        return (fe[..., None] * go).sum(2)
+    return torch.bmm(fe.transpose(0, 1), go).transpose(0, 1)
+
+
+def _sum_p(w: Tensor, go: Tensor) -> Tensor:
+    """(K, B, P) x (B, C, P) -> (K, B, C): sum_p w[k, b, p] go[b, c, p]."""
+    if w.numel() * go.shape[1] <= SMALL:
+        return (w[:, :, None, :] * go).sum(-1)
+    return torch.bmm(w.transpose(0, 1), go.transpose(1, 2)).transpose(0, 1)
+
+
+class _Accumulate:
+    """index_add_ into ``target`` in few large calls (each call may start threads)."""
+
+    def __init__(self, target: Tensor, rows: int = 1 << 18):
+        self.target, self.rows, self.parts, self.n = target, rows, [], 0
+
+    def add(self, index: Tensor, values: Tensor):
+        self.parts.append((index.reshape(-1), values.reshape(index.numel(), -1)))
+        self.n += index.numel()
+        if self.n >= self.rows:
+            self.flush()
+
+    def flush(self) -> Tensor:
+        if self.parts:
+            idx, val = zip(*self.parts)
+            self.target.index_add_(0, torch.cat(idx), torch.cat(val))
+            self.parts, self.n = [], 0
+        return self.target
+
+
+class _Ctx:
+    """What a forward and its backward share: tables, pixel basis, thresholds, step size."""
+
+    def __init__(self, means2d, conic, opacities, feats, bins: _Bins):
+        self.dtype, self.device = means2d.dtype, means2d.device
+        self.par, self.fe = _tables(means2d, conic, opacities, feats)
+        self.dummy = self.par.shape[0] - 1
+        # exp2 is several times faster than exp on CPUs: the basis carries the 1 / ln 2
+        self.phi = _pixel_basis(self.dtype, self.device)
+        self.phi2 = self.phi * (1.0 / math.log(2.0))
+        self.alpha_min = _below(ALPHA_MIN, self.dtype)
+        self.t_min = _below(T_MIN, self.dtype)
+        # alpha = opacity * exp(power <= 0) reaches the clamp only if an opacity does
+        self.clamp = bool(opacities.numel()) and float(opacities.detach().max()) * 1.001 >= ALPHA_MAX
+        self.bins = bins
+        self.k = max(1, min(CHUNK, int(bins.count.max()) if bins.count.numel() else 1))  # Gaussians per step
+        self.per_batch = max(1, BLOCK // (TILE * TILE * self.k))
+
+    def alpha(self, gidx: Tensor, tiles: Tensor):
+        """-> alpha (K, B, P) (clamped, 0 below 1/255), Gaussian rows (K, B, 6), mu, mv (K, B)."""
+        k, b = gidx.shape
+        pg = self.par.index_select(0, gidx.reshape(-1)).view(k, b, 6)
+        th, mu, mv = _theta(pg, tiles, self.bins.tiles_x)
+        alpha = _quad(th, self.phi2).exp2_()
+        if self.clamp:
+            alpha.clamp_(max=ALPHA_MAX)
+        return F.threshold(alpha, self.alpha_min, 0.0, inplace=True), pg, mu, mv
+
+    def feats(self, gidx: Tensor) -> Tensor:
+        """(K, B, C + 1) [feats, 1] of the chunk."""
+        return self.fe.index_select(0, gidx.reshape(-1)).view(*gidx.shape, -1)
+
+
+class _Blend(torch.autograd.Function):
+    """(means2d (G, 2), conic (G, 3), opacities (G,), feats (G, C), bins) -> per tile (tiles, C + 1, P):
+    sum_i w_i [feats_i, 1] with w_i = alpha_i T_i."""
+
+    @staticmethod
+    def forward(ctx, means2d, conic, opacities, feats, bins: _Bins):
+        c = _Ctx(means2d, conic, opacities, feats, bins)
+        keep = any(ctx.needs_input_grad)
+        tiles, p = bins.tiles_x * bins.tiles_y, TILE * TILE
+        trans = torch.ones(tiles, p, dtype=c.dtype, device=c.device)
+        out = torch.zeros(tiles, c.fe.shape[1], p, dtype=c.dtype, device=c.device)
+        saved = []  # (tiles, step, T in front of the chunk) of every batch, for the backward
+        active = torch.nonzero(bins.count > 0)[:, 0]
+        step = 0
+        while active.numel():
+            for sub in active.split(c.per_batch):
+                gidx = _gather(bins, sub, step, c.k, c.dummy)
+                w, _, _, _ = c.alpha(gidx, sub)  # (K, B, P)
+                t = trans.index_select(0, sub)
+                if keep:
+                    saved.append((sub, step, t.clone()))
+                for j in range(c.k):  # w_j = alpha_j T_j; T_j+1 = T_j - w_j, 0 once below T_MIN
+                    wj = w[j]
+                    wj.mul_(t)
+                    F.threshold(t.sub_(wj), c.t_min, 0.0, inplace=True)
+                out.index_copy_(0, sub, out.index_select(0, sub).add_(_sum_k(c.feats(gidx), w)))
+                trans.index_copy_(0, sub, t)
+            step += 1
+            more = (bins.count.index_select(0, active) > step * c.k) & (trans.index_select(0, active).amax(1) > 0)
+            active = active[more]
+        ctx.blend = c
+        ctx.saved = saved
+        ctx.save_for_backward(opacities)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (opacities,) = ctx.saved_tensors
+        c: _Ctx = ctx.blend
+        grad_out = grad_out.contiguous()
+        # sum over the rest of the list of w_i dL/dw_i, built back to front
+        behind = torch.zeros(grad_out.shape[0], grad_out.shape[2], dtype=c.dtype, device=c.device)
+        g_par = _Accumulate(torch.zeros_like(c.par))
+        g_fe = _Accumulate(torch.zeros_like(c.fe))
+        k = c.k
+        for sub, step, t_in in reversed(ctx.saved):
+            gidx = _gather(c.bins, sub, step, k, c.dummy)
+            alpha, pg, mu, mv = c.alpha(gidx, sub)  # (K, B, P)
+            trans = torch.empty(k + 1, *alpha.shape[1:], dtype=c.dtype, device=c.device)
+            trans[0] = t_in
+            w = torch.empty_like(alpha)
+            for j in range(k):
+                torch.mul(alpha[j], trans[j], out=w[j])
+                F.threshold(torch.sub(trans[j], w[j], out=trans[j + 1]), c.t_min, 0.0, inplace=True)
+            go = grad_out.index_select(0, sub)  # (B, C + 1, P)
+            fg = c.feats(gidx)  # (K, B, C + 1)
+            gw = _sum_c(fg, go)  # dL/dw (K, B, P)
+            g_fe.add(gidx, _sum_p(w, go))
+            acc = torch.empty_like(trans)  # acc[j] = sum_{i >= j} w_i dL/dw_i (and the later chunks)
+            acc[k] = behind.index_select(0, sub)
+            torch.mul(w, gw, out=acc[:k])
+            for j in range(k - 1, -1, -1):
+                acc[j] += acc[j + 1]
+            behind.index_copy_(0, sub, acc[0])
+            # dL/dalpha_j = T_j dL/dw_j - sum_{i > j} w_i dL/dw_i / (1 - alpha_j); dalpha/dpower = alpha
+            rest = torch.rsub(alpha, 1.0)
+            torch.div(acc[1:], rest, out=rest)
+            g_pow = torch.mul(gw, trans[:k], out=torch.empty_like(alpha)).sub_(rest).mul_(alpha)
+            if c.clamp:
+                g_pow.masked_fill_(alpha >= ALPHA_MAX, 0.0)
+            g_th = _quad_t(g_pow, c.phi)
+            g_par.add(gidx, _theta_backward(g_th, pg, mu, mv))
+        g_par, g_fe = g_par.flush()[:-1], g_fe.flush()[:-1]
+        g_op = g_par[:, 5] / opacities.clamp(min=1e-30)
+        return g_par[:, :2], g_par[:, 2:5], g_op, g_fe[:, :-1], None
+
+
+def _untile(per_tile: Tensor, bins: _Bins, width: int, height: int) -> Tensor:
+    """(tiles, C, P) -> (H, W, C)."""
+    c = per_tile.shape[1]
+    img = per_tile.reshape(bins.tiles_y, bins.tiles_x, c, TILE, TILE).permute(0, 3, 1, 4, 2)
+    return img.reshape(bins.tiles_y * TILE, bins.tiles_x * TILE, c)[:height, :width]
+
+
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmat: Tensor,
               k: Tensor, width: int, height: int, background: Optional[Tensor] = None, eps2d: float = EPS2D,
               near: float = 0.01) -> RenderOutput:
@@ -87,58 +420,24 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     Args:
         means (G, 3), quats (G, 4) (w, x, y, z), scales (G, 3) linear, opacities (G,) in [0, 1],
         colors (G, 3) RGB or (G, 3, K) SH coefficients; viewmat (4, 4) or (3, 4) OpenCV
-        world-to-camera; k (3, 3) pixels.  Everything differentiable except the tile culling.
+        world-to-camera; k (3, 3) pixels.  Everything differentiable except the tile binning.
     """
     dtype, device = means.dtype, means.device
     if background is None:
         background = torch.zeros(3, dtype=dtype, device=device)
-    rgb_out = torch.zeros(height, width, 3, dtype=dtype, device=device)
-    alpha_out = torch.zeros(height, width, dtype=dtype, device=device)
-    depth_out = torch.zeros(height, width, dtype=dtype, device=device)
     means2d, cov2d, depth, valid = project(means, quats, scales, viewmat, k, width, height, eps2d, near)
     if colors.dim() == 3:
         center = -(viewmat[:3, :3].T @ viewmat[:3, 3])
         colors = sh_colors(colors, means, center)
     det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]
     conic = torch.stack([cov2d[:, 1, 1], -cov2d[:, 0, 1], cov2d[:, 0, 0]], -1) / det[:, None]
-    with torch.no_grad():
-        mid = 0.5 * (cov2d[:, 0, 0] + cov2d[:, 1, 1])
-        radius = 3.0 * torch.sqrt(mid + torch.sqrt((mid * mid - det).clamp(min=0.01)))
-        keep = valid & (det > 0) & (means2d[:, 0] + radius > 0) & (means2d[:, 0] - radius < width) \
-            & (means2d[:, 1] + radius > 0) & (means2d[:, 1] - radius < height)
-        order = torch.argsort(depth)
-        order = order[keep[order]]
-    if order.numel() == 0:
-        rgb_out = rgb_out + background
-        return RenderOutput(rgb_out, alpha_out, depth_out)
-    m2, con, col, op, dep, rad = (means2d[order], conic[order], colors[order], opacities[order], depth[order],
-                                  radius[order].detach())
-    for ty in range(0, height, TILE):
-        for tx in range(0, width, TILE):
-            x1, y1 = min(tx + TILE, width), min(ty + TILE, height)
-            with torch.no_grad():
-                hit = (m2[:, 0] + rad > tx) & (m2[:, 0] - rad < x1) & (m2[:, 1] + rad > ty) & (m2[:, 1] - rad < y1)
-                idx = torch.nonzero(hit)[:, 0]
-            if idx.numel() == 0:
-                rgb_out[ty:y1, tx:x1] = background
-                continue
-            ys, xs = torch.meshgrid(torch.arange(ty, y1, device=device, dtype=dtype) + 0.5,
-                                    torch.arange(tx, x1, device=device, dtype=dtype) + 0.5, indexing="ij")
-            dx = xs.reshape(-1, 1) - m2[idx, 0]  # (P, g)
-            dy = ys.reshape(-1, 1) - m2[idx, 1]
-            c = con[idx]
-            power = -0.5 * (c[:, 0] * dx * dx + c[:, 2] * dy * dy) - c[:, 1] * dx * dy
-            alpha = (op[idx] * torch.exp(power)).clamp(max=ALPHA_MAX)
-            alpha = torch.where((alpha >= ALPHA_MIN) & (power <= 0), alpha, torch.zeros_like(alpha))
-            trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
-            weight = alpha * trans  # (P, g)
-            acc = weight.sum(1)
-            rgb = weight @ col[idx] + (1 - acc)[:, None] * background
-            d = (weight @ dep[idx]) / acc.clamp(min=1e-10)
-            rgb_out[ty:y1, tx:x1] = rgb.reshape(y1 - ty, x1 - tx, 3)
-            alpha_out[ty:y1, tx:x1] = acc.reshape(y1 - ty, x1 - tx)
-            depth_out[ty:y1, tx:x1] = torch.where(acc > 0, d, torch.zeros_like(d)).reshape(y1 - ty, x1 - tx)
-    return RenderOutput(rgb_out, alpha_out, depth_out)
+    bins = _bin(means2d, cov2d, depth, valid, opacities, width, height)
+    feats = torch.cat([colors, depth[:, None]], 1)
+    img = _untile(_Blend.apply(means2d, conic, opacities, feats, bins), bins, width, height)
+    acc = img[..., 4]
+    rgb = img[..., :3] + (1.0 - acc)[..., None] * background
+    d = img[..., 3] / acc.clamp(min=1e-10)
+    return RenderOutput(rgb, acc, torch.where(acc > 0, d, torch.zeros_like(d)))
 
 
 def render_gaussian_set(gaussians, w2c, k, width: int, height: int, background=(0.0, 0.0, 0.0),
