@@ -281,3 +281,27 @@ def test_map_views_keeps_order_and_stops_at_the_first_error():
     with pytest.raises(RuntimeError, match="view 2"):
         di.map_views(fail_at_two, 10_000, workers=2)
     assert len(started) < 10_000  # the rest were cancelled
+
+
+def test_a_failed_write_in_the_ply_writer_thread_leaves_nothing(scene, tmp_path, monkeypatch):
+    class FailingFile:  # the header and two tables, then the disk is full
+        def __init__(self, *args):
+            self.fh, self.writes = open(*args), 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 3:
+                raise OSError("no space left")
+            return self.fh.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(ply_mod, "ROWS_AT_A_TIME", 50)
+    monkeypatch.setattr(ply_mod, "open", FailingFile, raising=False)
+    with pytest.raises(OSError, match="no space"):
+        write_point_ply(tmp_path / "p.ply", scene)
+    assert list(tmp_path.iterdir()) == []

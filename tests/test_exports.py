@@ -350,7 +350,7 @@ def test_interrupted_exports_leave_nothing(rec, tmp_path, monkeypatch):
     rec.gaussians = _random_gaussians(50, 2)
 
     def half_rows(self, fields):  # the header and half the rows, then a failure
-        self.fh.write(b"\x00" * (self.table.dtype.itemsize * (len(fields[0][1]) // 2)))
+        self.fh.write(b"\x00" * (self.dtype.itemsize * (len(fields[0][1]) // 2)))
         raise RuntimeError("interrupted")
 
     with monkeypatch.context() as m:

@@ -9,6 +9,7 @@ z forward from view 0), unchanged.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -55,18 +56,38 @@ POINTS_AT_A_TIME = 1 << 20
 
 
 class _RowWriter:
-    """Packs columns into rows of one reused table and writes them (bounded memory)."""
+    """Packs columns into rows and writes them (bounded memory), the writing overlapped with the
+    packing and back-projection of the next rows: two tables take turns, one being filled while
+    a writer thread writes the other (``write`` releases the GIL).  Use as a context manager."""
 
     def __init__(self, fh: BinaryIO, dtype: np.dtype) -> None:
-        self.fh, self.table = fh, np.empty(ROWS_AT_A_TIME, dtype)
+        self.fh, self.dtype = fh, dtype
+        self.tables = [np.empty(ROWS_AT_A_TIME, dtype) for _ in range(2)]
+        self.pending: List[Optional[Future]] = [None, None]
+        self.turn = 0
+        self.pool = ThreadPoolExecutor(1)  # one thread: the writes stay in order
 
     def write(self, fields: Sequence[Tuple[str, np.ndarray]]) -> None:
-        n, chunk = len(fields[0][1]), len(self.table)
-        for start in range(0, n, chunk):
-            rows = self.table[:min(chunk, n - start)]
+        n = len(fields[0][1])
+        for start in range(0, n, ROWS_AT_A_TIME):
+            k, self.turn = self.turn, 1 - self.turn
+            if self.pending[k] is not None:
+                self.pending[k].result()  # that table is written: reuse it (or raise the write's error)
+            rows = self.tables[k][:min(ROWS_AT_A_TIME, n - start)]
             for name, arr in fields:
                 rows[name] = arr[start:start + len(rows)]
-            self.fh.write(rows.view(np.uint8))  # no bytes copy
+            self.pending[k] = self.pool.submit(self.fh.write, rows.view(np.uint8))  # no bytes copy
+
+    def __enter__(self) -> "_RowWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            for f in self.pending:  # every write done (or failed) before the file closes
+                if f is not None:
+                    f.result()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def _write_vertex_ply(path: PathLike, fields: Sequence[Tuple[str, np.ndarray]], comments: Sequence[str] = ()) -> Path:
@@ -80,7 +101,8 @@ def _write_vertex_ply(path: PathLike, fields: Sequence[Tuple[str, np.ndarray]], 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(_ply_header(dtype, n, comments))
-            _RowWriter(fh, dtype).write(fields)
+            with _RowWriter(fh, dtype) as rows:
+                rows.write(fields)
     return path
 
 
@@ -137,14 +159,14 @@ def write_point_ply(path: PathLike, source: Union[Reconstruction, PointCloud], *
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(_ply_header(dtype, total, ["da3-plugins point cloud (world frame of the reconstruction)"]))
-            rows = _RowWriter(fh, dtype)
-            for cloud in pieces:
-                pos = np.asarray(cloud.positions, np.float32).reshape(-1, 3)
-                col = np.asarray(cloud.colors, np.uint8).reshape(-1, 3)
-                rows.write([("x", pos[:, 0]), ("y", pos[:, 1]), ("z", pos[:, 2]),
-                            ("red", col[:, 0]), ("green", col[:, 1]), ("blue", col[:, 2]),
-                            ("confidence", np.asarray(cloud.confidence, np.float32)),
-                            ("view", np.asarray(cloud.view, np.int32))])
+            with _RowWriter(fh, dtype) as rows:
+                for cloud in pieces:
+                    pos = np.asarray(cloud.positions, np.float32).reshape(-1, 3)
+                    col = np.asarray(cloud.colors, np.uint8).reshape(-1, 3)
+                    rows.write([("x", pos[:, 0]), ("y", pos[:, 1]), ("z", pos[:, 2]),
+                                ("red", col[:, 0]), ("green", col[:, 1]), ("blue", col[:, 2]),
+                                ("confidence", np.asarray(cloud.confidence, np.float32)),
+                                ("view", np.asarray(cloud.view, np.int32))])
     return path
 
 
