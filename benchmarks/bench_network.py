@@ -9,9 +9,12 @@ before each call).
     python benchmarks/bench_network.py --presets da3-small --views 4 --repeats 5
 
 Both sides run in float32 without autocast (the official API would use fp16 autocast on
-CPU, which is emulated and several times slower).  The ``ours bf16`` column is our network
-with the backbone under bfloat16 autocast (the official GPU precision policy).
-This is a benchmark, not a test: it asserts nothing.
+CPU, which is emulated and several times slower).  The other columns are our network at the
+other precisions (``core/precision.py``), timed in the same interleaved rounds: ``bf16``
+(the backbone under bfloat16 autocast, the official GPU policy), ``int8`` (the backbone's Linear
+layers dynamically quantised, CPU only) with its difference to our fp32 output (median relative
+depth difference, largest pairwise camera rotation difference), and which of them ``auto``
+picks on this machine.  This is a benchmark, not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -72,60 +75,92 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16-backbone column")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 columns")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from oracle import official_network, save_hub_folder
 
     from da3_plugins.core import load_model
+    from da3_plugins.core.precision import decide_auto, int8_backbone, set_precision
 
+    auto = decide_auto("cpu")
+    print(f"auto on this CPU: {auto.precision} ({auto.reason})")
+    variants = [v for v, skip in (("bf16", args.no_bf16), ("int8", args.no_int8)) if not skip]
     h, w = args.size
     rows = []
     for preset in args.presets:
         official = official_network(preset)
         with tempfile.TemporaryDirectory() as tmp:
-            ours = load_model(save_hub_folder(official, Path(tmp), preset), device="cpu")
+            ours = load_model(save_hub_folder(official, Path(tmp), preset), device="cpu", dtype="fp32")
+        if "int8" in variants:
+            int8_backbone(ours.net)  # quantised once, outside the timing
         for n in args.views:
             x = torch.randn(1, n, 3, h, w, generator=torch.Generator().manual_seed(0))
+            outputs = {}
 
             def run_official():
                 with torch.inference_mode(), torch.autocast("cpu", enabled=False):
                     official(x)
 
-            def run_ours(dtype=torch.float32):
-                ours.net.backbone_dtype = dtype
+            def run_ours(precision="fp32"):
+                set_precision(ours, precision)
                 with torch.inference_mode():
-                    ours.net(x)
+                    outputs[precision] = ours.net(x)
 
             run_official(), run_ours()  # warm-up
+            for v in variants:
+                run_ours(v)
             t_off, t_ours = [], []
+            t_var = {v: [] for v in variants}
             m_off = m_ours = 0
-            for _ in range(args.repeats):  # interleave so drift hits both alike
+            for _ in range(args.repeats):  # interleave so drift hits all alike
                 t, m = measure(run_official)
                 t_off.append(t)
                 m_off = max(m_off, m)
                 t, m = measure(run_ours)
                 t_ours.append(t)
                 m_ours = max(m_ours, m)
-            bf16 = None
-            if not args.no_bf16:
-                run_ours(torch.bfloat16)
-                bf16 = statistics.median(measure(lambda: run_ours(torch.bfloat16))[0] for _ in range(args.repeats))
-            rows.append((preset, n, statistics.median(t_off), m_off, statistics.median(t_ours), m_ours, bf16))
+                for v in variants:
+                    t_var[v].append(measure(lambda: run_ours(v))[0])
+            extra = {v: statistics.median(t) for v, t in t_var.items()}
+            for v in variants:
+                extra[f"{v} diff"] = _difference(outputs[v], outputs["fp32"])
+            rows.append((preset, n, statistics.median(t_off), m_off, statistics.median(t_ours), m_ours, extra,
+                         auto.precision))
             print_row(rows[-1], header=len(rows) == 1, size=(h, w))
         del official, ours
+
+
+def _difference(test, ref):
+    """(median relative depth difference, largest pairwise camera rotation difference in degrees)."""
+    from da3_plugins.core.geometry import relative_pose_errors
+
+    depth = float(((test.depth - ref.depth).abs() / ref.depth.abs()).median())
+    if test.extrinsics is None:
+        return depth, float("nan")
+    r_err, _ = relative_pose_errors(test.extrinsics[0].double().numpy(), ref.extrinsics[0].double().numpy())
+    return depth, float(r_err.max())
 
 
 def print_row(row, header: bool, size) -> None:
     if header:
         print(f"| preset | views x {size[0]}x{size[1]} | official fp32 | ours fp32 | speed-up | "
-              "official peak mem | ours peak mem | ours bf16 backbone |")
-        print("|---|---|---|---|---|---|---|---|")
-    preset, n, t_off, m_off, t_ours, m_ours, bf16 = row
+              "official peak mem | ours peak mem | ours bf16 | ours int8 | int8 / fp32 | "
+              "depth diff to fp32, bf16 / int8 (median rel) | rotation diff, bf16 / int8 (max) | auto |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    preset, n, t_off, m_off, t_ours, m_ours, extra, auto = row
     gb = 1024**3
-    bf = f"{bf16:.2f} s" if bf16 is not None else "-"
+
+    def secs(key):
+        return f"{extra[key]:.2f} s" if key in extra else "-"
+
+    ratio = f"{extra['int8'] / t_ours:.2f}" if "int8" in extra else "-"
+    nan = (float("nan"), float("nan"))
+    (d_bf, r_bf), (d_i8, r_i8) = extra.get("bf16 diff", nan), extra.get("int8 diff", nan)
     print(f"| {preset} | {n} | {t_off:.2f} s | {t_ours:.2f} s | {t_off / t_ours:.2f}x | "
-          f"{m_off / gb:.2f} GB | {m_ours / gb:.2f} GB | {bf} |", flush=True)
+          f"{m_off / gb:.2f} GB | {m_ours / gb:.2f} GB | {secs('bf16')} | {secs('int8')} | {ratio} | "
+          f"{d_bf:.1e} / {d_i8:.1e} | {r_bf:.2f} / {r_i8:.2f} deg | {auto} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ fp32) and ``auto``, which :func:`auto_precision` resolves for the model's device
   ``fp16`` otherwise.  (The official API also counts emulated bf16; emulation is slow.)
 * **mps**: ``fp16`` (Apple GPUs have native half precision; the official non-bf16 choice).
   Untested here: no Mac.
-* **cpu**: ``bf16`` only where it is faster than fp32, decided from the CPU's features:
+* **cpu**: ``bf16`` only where it is known (AMX) or measured to be faster than fp32, decided
+  from the CPU's features, with a timed probe where they cannot tell:
 
   - ``DA3P_CPU_PRECISION`` = ``fp32`` / ``bf16`` forces the answer, ``probe`` forces the timed
     probe below;
@@ -22,8 +23,8 @@ fp32) and ``auto``, which :func:`auto_precision` resolves for the model's device
   - any other x86 CPU: ``fp32``, exact.  Without AVX-512 BF16, bf16 is emulated and slow.  With
     it but without AMX the answer depends on the chip, and its flags cannot tell: a 2048^3
     matmul ran at 98 GFLOP/s in bf16 against 150 in fp32 on one machine of this project's pool,
-    while on another (AMD family 26, Zen 5) it ran at 759 against 136 and the base network took
-    4.5 against 7.9 s.  So these stay exact unless ``DA3P_CPU_PRECISION=probe`` (measure, once)
+    while on another (AMD family 26, Zen 5) it ran at 759 against 136 (two threads) and the
+    base network took 0.55-0.72x its fp32 time.  So these stay exact unless ``DA3P_CPU_PRECISION=probe`` (measure, once)
     or ``bf16`` says otherwise;
   - other CPUs with native bf16 (aarch64 ``bf16``; arm64 with no /proc/cpuinfo): a one-off
     timed probe (fp32 against bf16 matmuls), cached per machine (CPU identity, flags, torch
