@@ -156,8 +156,8 @@ def auto_conf_threshold(conf: Optional[np.ndarray], percentile: float = AUTO_CON
     return float(min(max(1.05, lo), hi))
 
 
-PERCENTILE_BLOCK = 1 << 22
-"""Values read at a time by :func:`finite_percentiles`."""
+PERCENTILE_BLOCK = 1 << 20
+"""Values read at a time by :func:`finite_percentiles` (its temporaries: about 30 bytes each)."""
 
 
 def finite_percentiles(values: np.ndarray, q) -> Optional[np.ndarray]:

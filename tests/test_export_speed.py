@@ -305,3 +305,20 @@ def test_a_failed_write_in_the_ply_writer_thread_leaves_nothing(scene, tmp_path,
     with pytest.raises(OSError, match="no space"):
         write_point_ply(tmp_path / "p.ply", scene)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_colmap_leaves_out_points_that_overflow(scene, tmp_path):
+    from da3_plugins.core.export import write_colmap
+
+    scene.intrinsics[2, :2, :2] = np.diag([1e-300, 1e-300])  # float64 rays of length ~1e300 ...
+    scene.depth[2, 4:9] = 1e36  # ... times this depth: inf even in float64
+    world = depth_to_points(scene.depth, scene.intrinsics, scene.extrinsics, stride=2, dtype=np.float64)
+    ref = world[scene.valid_mask()[:, ::2, ::2]]
+    finite = np.isfinite(ref).all(1)
+    assert not finite.all()
+    folder = write_colmap(tmp_path / "sparse", scene, conf_threshold=None, stride=2, binary=False)
+    lines = [ln for ln in (folder / "points3D.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert len(lines) == finite.sum()
+    xyz = np.array([[float(x) for x in ln.split()[1:4]] for ln in lines])
+    np.testing.assert_array_equal(xyz, ref[finite])  # 17 digits: the float64 numbers themselves

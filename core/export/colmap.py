@@ -71,33 +71,42 @@ def _build(rec: Reconstruction, conf_threshold, stride: int, max_points: int, se
         raise OptionError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
     pick = np.sort(np.random.default_rng(seed).choice(total, max_points, replace=False)) if total > max_points else None
     starts = np.concatenate([[0], np.cumsum(counts)])
-    vs, rows, cols, xyzs = [], [], [], []
+    taken = counts if pick is None else np.diff(np.searchsorted(pick, starts))
+    n = int(taken.sum())  # filled view by view into arrays of the final size: no lists to concatenate
+    v = np.repeat(np.arange(rec.num_views, dtype=np.int64), taken)
+    row, col, xyz = np.empty(n, np.int64), np.empty(n, np.int64), np.empty((n, 3))
+    at = 0
     for i in range(rec.num_views):
+        if not taken[i]:
+            continue
         r, c = np.nonzero(mask(i))  # indices into the strided grid
         if pick is not None:
             lo, hi = np.searchsorted(pick, starts[i:i + 2])
             r, c = r[pick[lo:hi] - starts[i]], c[pick[lo:hi] - starts[i]]
         # the pixel centres back-projected, in float64: every point reprojects onto its pixel to 1e-6 px
-        xyzs.append(depth_to_points(rec.depth[i], rec.intrinsics[i], rec.extrinsics[i], stride=stride,
-                                    dtype=np.float64)[r, c])
-        vs.append(np.full(len(r), i, np.int64))
-        rows.append(r)
-        cols.append(c)
-    v, row, col, xyz = (np.concatenate(x) for x in (vs, rows, cols, xyzs))
-    row, col = row * stride, col * stride
-    u_grid, v_grid = conv.pixel_centres(rec.height, rec.width)
-    pix = np.stack([u_grid[row, col], v_grid[row, col], np.ones(len(v))], -1)  # (P, 3) continuous coordinates
+        xyz[at:at + len(r)] = depth_to_points(rec.depth[i], rec.intrinsics[i], rec.extrinsics[i], stride=stride,
+                                              dtype=np.float64)[r, c]
+        row[at:at + len(r)], col[at:at + len(r)] = r * stride, c * stride
+        at += len(r)
     finite = np.isfinite(xyz).all(1)
-    v, pix, xyz = v[finite], pix[finite], xyz[finite]
-    row, col = row[finite], col[finite]
+    if not finite.all():
+        v, xyz, row, col = v[finite], xyz[finite], row[finite], col[finite]
     if len(v) == 0:
         raise ValueError("depth: no finite point to write")
-    uv = np.einsum("pij,pj->pi", np.linalg.inv(rec.pixel_transform)[v], pix)[:, :2]
+    u_grid, v_grid = conv.pixel_centres(rec.height, rec.width)
+    inv_pt = np.linalg.inv(rec.pixel_transform)
+    uv = np.empty((len(v), 2))
+    for s in range(0, len(v), 1 << 16):  # in chunks: not a (P, 3, 3) copy of the transforms
+        part = slice(s, s + (1 << 16))
+        r, c = row[part], col[part]
+        pix = np.stack([u_grid[r, c], v_grid[r, c], np.ones(len(r))], -1)  # continuous coordinates
+        uv[part] = np.einsum("pij,pj->pi", inv_pt[v[part]], pix)[:, :2]
     order = np.argsort(v, kind="stable")
+    bounds = np.searchsorted(v[order], np.arange(rec.num_views + 1))
     idx_in_image = np.empty(len(v), np.int64)
     per_image = []
     for i in range(rec.num_views):
-        sel = order[v[order] == i]
+        sel = order[bounds[i]:bounds[i + 1]]
         idx_in_image[sel] = np.arange(len(sel))
         per_image.append(sel)
     return _Model(
