@@ -19,6 +19,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/oracle.py, tests/helpers
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # No test may download anything.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests expect exact numbers: precision "auto" resolves to fp32 on the CPU here (and in every
+# process a test starts); tests/test_precision.py covers the policy itself.
+os.environ.setdefault("DA3P_CPU_PRECISION", "fp32")
 
 
 @pytest.fixture(autouse=True)

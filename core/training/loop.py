@@ -174,7 +174,7 @@ def build_model(cfg: TrainConfig):
     from ..model.da3model import load_model, random_model
 
     if cfg.init is not None:
-        return load_model(cfg.init, device="cpu")
+        return load_model(cfg.init, device="cpu", dtype="fp32")  # training runs in fp32, whatever "auto" picks
     return random_model(cfg.preset, seed=cfg.seed, device="cpu")
 
 
@@ -209,7 +209,7 @@ def train(cfg: TrainConfig, output: Union[str, os.PathLike], *, resume: bool = F
     dev = torch.device(device or "cpu")
 
     torch.manual_seed(cfg.seed)
-    model = load_model(output, device="cpu") if resume else build_model(cfg)
+    model = load_model(output, device="cpu", dtype="fp32") if resume else build_model(cfg)
     net = model.net.to(dev)
     if net.cfg.head.kind != "dualdpt" or net.cam_dec is None:
         raise OptionError(f"{model.preset}: only any-view presets (depth + ray + camera) can be trained here")
