@@ -50,7 +50,7 @@ LZ77 finds).  Chosen by measurement (``benchmarks/bench_exports.py --png``, 504x
 one core): PNG's "Sub" filter then these take 3-6 ms a picture where Pillow's default
 (adaptive per-row filters, zlib level 6) takes 30-60 ms and Pillow with Huffman coding only
 5-14 ms; the files are 20-40% larger than level 6's.  That halves the depth export's time and
-adds about 10% to its size (most of which is ``.npy`` data)."""
+adds about 13% to its size (most of which is ``.npy`` data)."""
 
 MAX_WORKERS = 8
 """At most this many threads write per-view files (PNG encoding and numpy release the GIL)."""
