@@ -192,55 +192,52 @@ def _pixel_basis(dtype, device) -> Tensor:
     return torch.stack([u * u, u * v, v * v, u, v, torch.ones_like(u)], -1)
 
 
-def _tables(means2d, conic, opacities, feats):
-    """Per-Gaussian rows [mx, my, a, b, c, log opacity] and [feats, 1], each with a last dummy row
-    that draws nothing (the padding past the end of a tile's list)."""
-    dtype, device = means2d.dtype, means2d.device
-    par = torch.cat([means2d, conic, torch.log(opacities.clamp(min=0))[:, None]], 1)
-    dummy = torch.tensor([[0.0, 0.0, 1.0, 0.0, 1.0, -math.inf]], dtype=dtype, device=device)
-    par = torch.cat([par, dummy], 0)
-    fe = torch.cat([feats, torch.ones_like(feats[:, :1])], 1)
-    fe = torch.cat([fe, torch.zeros_like(fe[:1])], 0)
-    return par, fe
+def _table(means2d, conic, opacities, feats) -> Tensor:
+    """Per-Gaussian rows [mx, my, a, b, c, log opacity, feats..., 1] (conic (a, b, c)), and a last
+    dummy row that draws nothing (the padding past the end of a tile's list)."""
+    tab = torch.cat([means2d, conic, torch.log(opacities.clamp(min=0))[:, None], feats,
+                     torch.ones_like(feats[:, :1])], 1)
+    dummy = torch.zeros(1, tab.shape[1], dtype=tab.dtype, device=tab.device)
+    dummy[0, 2], dummy[0, 4], dummy[0, 5] = 1.0, 1.0, -math.inf
+    return torch.cat([tab, dummy], 0)
 
 
 def _gather(bins: _Bins, tiles: Tensor, step: int, k: int, dummy: int) -> Tensor:
-    """(k, B) int64 Gaussian indices of the tiles' chunk ``step`` (``dummy`` past a list's end)."""
-    start = bins.start.index_select(0, tiles)
-    pos = start + (step * k + torch.arange(k, device=tiles.device))[:, None]
-    end = start + bins.count.index_select(0, tiles)
+    """(B, k) int64 Gaussian indices of the tiles' chunk ``step`` (``dummy`` past a list's end)."""
+    start = bins.start.index_select(0, tiles)[:, None]
+    pos = start + (step * k + torch.arange(k, device=tiles.device))
+    end = start + bins.count.index_select(0, tiles)[:, None]
     g = bins.gauss.index_select(0, pos.view(-1).clamp(max=bins.gauss.numel() - 1)).view(pos.shape).long()
     return g.masked_fill_(pos >= end, dummy)
 
 
-def _theta(par: Tensor, tiles: Tensor, tiles_x: int) -> "tuple[Tensor, Tensor, Tensor]":
-    """log alpha as a quadratic form in the pixel's offset from its tile centre: basis @ theta.
+def _theta(cols: Tensor, tiles: Tensor, tiles_x: int) -> "tuple[Tensor, Tensor, Tensor]":
+    """log alpha as a quadratic form in the pixel's offset from its tile centre: theta . basis.
 
-    par (K, B, 6) [mx, my, a, b, c, log opacity] with the conic (a, b, c) -> theta (K, B, 6), and
-    the means relative to the tile centres (mu, mv) (K, B)."""
-    mu = par[..., 0] - ((tiles % tiles_x) * TILE + TILE / 2).to(par.dtype)
-    mv = par[..., 1] - ((tiles // tiles_x) * TILE + TILE / 2).to(par.dtype)
-    a, b, c, lo = par[..., 2], par[..., 3], par[..., 4], par[..., 5]
-    am, cm = a * mu, c * mv
-    th = torch.stack([-0.5 * a, -b, -0.5 * c, am + b * mv, cm + b * mu,
-                      lo - 0.5 * (am + 2 * b * mv) * mu - 0.5 * cm * mv], -1)
+    cols (6+, B, K): mx, my, a, b, c, log opacity (conic (a, b, c)) of a chunk -> theta (6, B, K), and
+    the means relative to the tile centres (mu, mv) (B, K)."""
+    mu = cols[0] - ((tiles % tiles_x) * TILE + TILE / 2).to(cols.dtype)[:, None]
+    mv = cols[1] - ((tiles // tiles_x) * TILE + TILE / 2).to(cols.dtype)[:, None]
+    a, b, c, lo = cols[2], cols[3], cols[4], cols[5]
+    am, cm, bu, bv = a * mu, c * mv, b * mu, b * mv
+    th = torch.stack([-0.5 * a, -b, -0.5 * c, am + bv, cm + bu, lo - 0.5 * (am + 2 * bv) * mu - 0.5 * cm * mv])
     return th, mu, mv
 
 
-def _theta_backward(g_th: Tensor, par: Tensor, mu: Tensor, mv: Tensor) -> Tensor:
-    """dL/dtheta (..., 6) -> dL/d[mx, my, a, b, c, log opacity] (..., 6)."""
-    g0, g1, g2, g3, g4, g5 = g_th.unbind(-1)
-    a, b, c = par[..., 2], par[..., 3], par[..., 4]
+def _theta_backward(g_th: Tensor, cols: Tensor, mu: Tensor, mv: Tensor) -> Tensor:
+    """dL/dtheta (6, ...) -> dL/d[mx, my, a, b, c, log opacity] (6, ...)."""
+    g0, g1, g2, g3, g4, g5 = g_th
+    a, b, c = cols[2], cols[3], cols[4]
     return torch.stack([a * g3 + b * g4 - (a * mu + b * mv) * g5,
                         b * g3 + c * g4 - (c * mv + b * mu) * g5,
                         -0.5 * g0 + mu * g3 - 0.5 * mu * mu * g5,
                         -g1 + mv * g3 + mu * g4 - mu * mv * g5,
                         -0.5 * g2 + mv * g4 - 0.5 * mv * mv * g5,
-                        g5], -1)
+                        g5])
 
 
 def _below(value: float, dtype) -> float:
-    """The largest number of ``dtype`` below ``value``: F.threshold keeps x > it, i.e. x >= value."""
+    """The largest number of ``dtype`` below ``value``: threshold keeps x > it, i.e. x >= value."""
     v = torch.tensor(value, dtype=dtype)
     return float(torch.nextafter(v, torch.zeros_like(v)))
 
@@ -251,38 +248,40 @@ SMALL = 1 << 15
 
 
 def _quad(th: Tensor, phi: Tensor) -> Tensor:
-    """(K, B, 6) x (P, 6) -> (K, B, P): sum_c th[k, b, c] phi[p, c]."""
+    """(6, B, K) x (P, 6) -> (B, K, P): sum_c th[c, b, k] phi[p, c]."""
+    t = th.reshape(6, -1).T
     if th.numel() * phi.shape[0] <= SMALL:
-        return (th[..., None, :] * phi).sum(-1)
-    return torch.mm(th.reshape(-1, 6), phi.T).view(*th.shape[:2], -1)
+        return (t[:, None, :] * phi).sum(-1).view(*th.shape[1:], -1)
+    return torch.mm(t, phi.T).view(*th.shape[1:], -1)
 
 
 def _quad_t(g: Tensor, phi: Tensor) -> Tensor:
-    """(K, B, P) x (P, 6) -> (K, B, 6): sum_p g[k, b, p] phi[p, c]."""
+    """(B, K, P) x (P, 6) -> (6, B, K): sum_p g[b, k, p] phi[p, c]."""
+    gt = g.reshape(-1, g.shape[-1]).T
     if g.numel() * 6 <= SMALL:
-        return (g[..., None] * phi).sum(-2)
-    return torch.mm(g.reshape(-1, g.shape[-1]), phi).view(*g.shape[:2], 6)
+        return (gt[None] * phi.T[:, :, None]).sum(1).view(6, *g.shape[:2])
+    return torch.mm(phi.T, gt).view(6, *g.shape[:2])
 
 
 def _sum_k(fe: Tensor, w: Tensor) -> Tensor:
-    """(K, B, C) x (K, B, P) -> (B, C, P): sum_k fe[k, b, c] w[k, b, p]."""
-    if w.numel() * fe.shape[-1] <= SMALL:
-        return (fe[..., None] * w[:, :, None, :]).sum(0)
-    return torch.bmm(fe.permute(1, 2, 0), w.transpose(0, 1))
+    """(C, B, K) x (B, K, P) -> (B, C, P): sum_k fe[c, b, k] w[b, k, p]."""
+    if w.numel() * fe.shape[0] <= SMALL:
+        return (fe.permute(1, 0, 2)[..., None] * w[:, None]).sum(2)
+    return torch.bmm(fe.permute(1, 0, 2), w)
 
 
 def _sum_c(fe: Tensor, go: Tensor) -> Tensor:
-    """(K, B, C) x (B, C, P) -> (K, B, P): sum_c fe[k, b, c] go[b, c, p] (may be strided)."""
-    if fe.shape[0] * go.numel() <= SMALL:
-        return (fe[..., None] * go).sum(2)
-    return torch.bmm(fe.transpose(0, 1), go).transpose(0, 1)
+    """(C, B, K) x (B, C, P) -> (B, K, P): sum_c fe[c, b, k] go[b, c, p]."""
+    if fe.shape[2] * go.numel() <= SMALL:
+        return (fe.permute(1, 2, 0)[..., None] * go[:, None]).sum(2)
+    return torch.bmm(fe.permute(1, 2, 0), go)
 
 
 def _sum_p(w: Tensor, go: Tensor) -> Tensor:
-    """(K, B, P) x (B, C, P) -> (K, B, C): sum_p w[k, b, p] go[b, c, p]."""
+    """(B, K, P) x (B, C, P) -> (B, K, C): sum_p w[b, k, p] go[b, c, p]."""
     if w.numel() * go.shape[1] <= SMALL:
-        return (w[:, :, None, :] * go).sum(-1)
-    return torch.bmm(w.transpose(0, 1), go.transpose(1, 2)).transpose(0, 1)
+        return (w[:, :, None, :] * go[:, None]).sum(-1)
+    return torch.bmm(w, go.transpose(1, 2))
 
 
 class _Accumulate:
@@ -292,7 +291,8 @@ class _Accumulate:
         self.target, self.rows, self.parts, self.n = target, rows, [], 0
 
     def add(self, index: Tensor, values: Tensor):
-        self.parts.append((index.reshape(-1), values.reshape(index.numel(), -1)))
+        """index (N,), values (N, C)."""
+        self.parts.append((index, values))
         self.n += index.numel()
         if self.n >= self.rows:
             self.flush()
@@ -306,12 +306,12 @@ class _Accumulate:
 
 
 class _Ctx:
-    """What a forward and its backward share: tables, pixel basis, thresholds, step size."""
+    """What a forward and its backward share: the table, pixel basis, thresholds, step size."""
 
     def __init__(self, means2d, conic, opacities, feats, bins: _Bins):
         self.dtype, self.device = means2d.dtype, means2d.device
-        self.par, self.fe = _tables(means2d, conic, opacities, feats)
-        self.dummy = self.par.shape[0] - 1
+        self.tab = _table(means2d, conic, opacities, feats)
+        self.dummy = self.tab.shape[0] - 1
         # exp2 is several times faster than exp on CPUs: the basis carries the 1 / ln 2
         self.phi = _pixel_basis(self.dtype, self.device)
         self.phi2 = self.phi * (1.0 / math.log(2.0))
@@ -323,19 +323,16 @@ class _Ctx:
         self.k = max(1, min(CHUNK, int(bins.count.max()) if bins.count.numel() else 1))  # Gaussians per step
         self.per_batch = max(1, BLOCK // (TILE * TILE * self.k))
 
-    def alpha(self, gidx: Tensor, tiles: Tensor):
-        """-> alpha (K, B, P) (clamped, 0 below 1/255), Gaussian rows (K, B, 6), mu, mv (K, B)."""
-        k, b = gidx.shape
-        pg = self.par.index_select(0, gidx.reshape(-1)).view(k, b, 6)
-        th, mu, mv = _theta(pg, tiles, self.bins.tiles_x)
+    def chunk(self, tiles: Tensor, step: int):
+        """-> Gaussian indices (B, K), their table columns (6 + C + 1, B, K), alpha (B, K, P)
+        (clamped, 0 below 1/255), mu, mv (B, K)."""
+        gidx = _gather(self.bins, tiles, step, self.k, self.dummy)
+        cols = self.tab.index_select(0, gidx.view(-1)).T.contiguous().view(-1, *gidx.shape)
+        th, mu, mv = _theta(cols, tiles, self.bins.tiles_x)
         alpha = _quad(th, self.phi2).exp2_()
         if self.clamp:
             alpha.clamp_(max=ALPHA_MAX)
-        return F.threshold(alpha, self.alpha_min, 0.0, inplace=True), pg, mu, mv
-
-    def feats(self, gidx: Tensor) -> Tensor:
-        """(K, B, C + 1) [feats, 1] of the chunk."""
-        return self.fe.index_select(0, gidx.reshape(-1)).view(*gidx.shape, -1)
+        return gidx, cols, torch.threshold_(alpha, self.alpha_min, 0.0), mu, mv
 
 
 class _Blend(torch.autograd.Function):
@@ -348,22 +345,20 @@ class _Blend(torch.autograd.Function):
         keep = any(ctx.needs_input_grad)
         tiles, p = bins.tiles_x * bins.tiles_y, TILE * TILE
         trans = torch.ones(tiles, p, dtype=c.dtype, device=c.device)
-        out = torch.zeros(tiles, c.fe.shape[1], p, dtype=c.dtype, device=c.device)
+        out = torch.zeros(tiles, c.tab.shape[1] - 6, p, dtype=c.dtype, device=c.device)
         saved = []  # (tiles, step, T in front of the chunk) of every batch, for the backward
         active = torch.nonzero(bins.count > 0)[:, 0]
         step = 0
         while active.numel():
             for sub in active.split(c.per_batch):
-                gidx = _gather(bins, sub, step, c.k, c.dummy)
-                w, _, _, _ = c.alpha(gidx, sub)  # (K, B, P)
+                _, cols, w, _, _ = c.chunk(sub, step)  # w: alpha (B, K, P) for now
                 t = trans.index_select(0, sub)
                 if keep:
                     saved.append((sub, step, t.clone()))
-                for j in range(c.k):  # w_j = alpha_j T_j; T_j+1 = T_j - w_j, 0 once below T_MIN
-                    wj = w[j]
+                for wj in w.unbind(1):  # w_j = alpha_j T_j; T_j+1 = T_j - w_j, 0 once below T_MIN
                     wj.mul_(t)
-                    F.threshold(t.sub_(wj), c.t_min, 0.0, inplace=True)
-                out.index_copy_(0, sub, out.index_select(0, sub).add_(_sum_k(c.feats(gidx), w)))
+                    torch.threshold_(t.sub_(wj), c.t_min, 0.0)
+                out.index_copy_(0, sub, out.index_select(0, sub).add_(_sum_k(cols[6:], w)))
                 trans.index_copy_(0, sub, t)
             step += 1
             more = (bins.count.index_select(0, active) > step * c.k) & (trans.index_select(0, active).amax(1) > 0)
@@ -380,39 +375,35 @@ class _Blend(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         # sum over the rest of the list of w_i dL/dw_i, built back to front
         behind = torch.zeros(grad_out.shape[0], grad_out.shape[2], dtype=c.dtype, device=c.device)
-        g_par = _Accumulate(torch.zeros_like(c.par))
-        g_fe = _Accumulate(torch.zeros_like(c.fe))
+        grads = _Accumulate(torch.zeros_like(c.tab))
         k = c.k
         for sub, step, t_in in reversed(ctx.saved):
-            gidx = _gather(c.bins, sub, step, k, c.dummy)
-            alpha, pg, mu, mv = c.alpha(gidx, sub)  # (K, B, P)
-            trans = torch.empty(k + 1, *alpha.shape[1:], dtype=c.dtype, device=c.device)
-            trans[0] = t_in
+            gidx, cols, alpha, mu, mv = c.chunk(sub, step)  # alpha (B, K, P)
+            b, p = alpha.shape[0], alpha.shape[2]
             w = torch.empty_like(alpha)
-            for j in range(k):
-                torch.mul(alpha[j], trans[j], out=w[j])
-                F.threshold(torch.sub(trans[j], w[j], out=trans[j + 1]), c.t_min, 0.0, inplace=True)
+            t = t_in.clone()
+            for aj, wj in zip(alpha.unbind(1), w.unbind(1)):  # the forward's w again
+                torch.mul(aj, t, out=wj)
+                torch.threshold_(t.sub_(wj), c.t_min, 0.0)
             go = grad_out.index_select(0, sub)  # (B, C + 1, P)
-            fg = c.feats(gidx)  # (K, B, C + 1)
-            gw = _sum_c(fg, go)  # dL/dw (K, B, P)
-            g_fe.add(gidx, _sum_p(w, go))
-            acc = torch.empty_like(trans)  # acc[j] = sum_{i >= j} w_i dL/dw_i (and the later chunks)
-            acc[k] = behind.index_select(0, sub)
-            torch.mul(w, gw, out=acc[:k])
+            g_fe = _sum_p(w, go)  # (B, K, C + 1)
+            wg = w.mul_(_sum_c(cols[6:], go))  # w_j dL/dw_j
+            acc = torch.empty(b, k + 1, p, dtype=c.dtype, device=c.device)  # sum_{i >= j} w_i dL/dw_i ..
+            acc[:, k] = behind.index_select(0, sub)  # .. and the later chunks'
             for j in range(k - 1, -1, -1):
-                acc[j] += acc[j + 1]
-            behind.index_copy_(0, sub, acc[0])
-            # dL/dalpha_j = T_j dL/dw_j - sum_{i > j} w_i dL/dw_i / (1 - alpha_j); dalpha/dpower = alpha
-            rest = torch.rsub(alpha, 1.0)
-            torch.div(acc[1:], rest, out=rest)
-            g_pow = torch.mul(gw, trans[:k], out=torch.empty_like(alpha)).sub_(rest).mul_(alpha)
+                torch.add(wg[:, j], acc[:, j + 1], out=acc[:, j])
+            behind.index_copy_(0, sub, acc[:, 0])
+            # dL/dalpha_j = T_j dL/dw_j - sum_{i > j} w_i dL/dw_i / (1 - alpha_j), dalpha/dpower = alpha:
+            # dL/dpower_j = w_j dL/dw_j - alpha_j / (1 - alpha_j) sum_{i > j} w_i dL/dw_i
+            odds = torch.rsub(alpha, 1.0)
+            g_pow = wg.sub_(torch.div(alpha, odds, out=odds).mul_(acc[:, 1:]))
             if c.clamp:
                 g_pow.masked_fill_(alpha >= ALPHA_MAX, 0.0)
-            g_th = _quad_t(g_pow, c.phi)
-            g_par.add(gidx, _theta_backward(g_th, pg, mu, mv))
-        g_par, g_fe = g_par.flush()[:-1], g_fe.flush()[:-1]
-        g_op = g_par[:, 5] / opacities.clamp(min=1e-30)
-        return g_par[:, :2], g_par[:, 2:5], g_op, g_fe[:, :-1], None
+            g_par = _theta_backward(_quad_t(g_pow, c.phi), cols, mu, mv)  # (6, B, K)
+            grads.add(gidx.view(-1), torch.cat([g_par.view(6, -1).T, g_fe.view(-1, g_fe.shape[-1])], 1))
+        g = grads.flush()[:-1]
+        g_op = g[:, 5] / opacities.clamp(min=1e-30)
+        return g[:, :2], g[:, 2:5], g_op, g[:, 6:-1], None
 
 
 def _untile(per_tile: Tensor, bins: _Bins, width: int, height: int) -> Tensor:
