@@ -310,8 +310,8 @@ class _Ctx:
 
     def __init__(self, means2d, conic, opacities, feats, bins: _Bins):
         self.dtype, self.device = means2d.dtype, means2d.device
-        self.tab = _table(means2d, conic, opacities, feats)
-        self.dummy = self.tab.shape[0] - 1
+        self.tab = _table(means2d, conic, opacities, feats).T.contiguous()  # columns: gathers are faster
+        self.dummy = self.tab.shape[1] - 1
         # exp2 is several times faster than exp on CPUs: the basis carries the 1 / ln 2
         self.phi = _pixel_basis(self.dtype, self.device)
         self.phi2 = self.phi * (1.0 / math.log(2.0))
@@ -324,15 +324,22 @@ class _Ctx:
         self.per_batch = max(1, BLOCK // (TILE * TILE * self.k))
 
     def chunk(self, tiles: Tensor, step: int):
-        """-> Gaussian indices (B, K), their table columns (6 + C + 1, B, K), alpha (B, K, P)
-        (clamped, 0 below 1/255), mu, mv (B, K)."""
+        """-> the tiles' Gaussians in ``step`` (B, K), their table columns (6 + C + 1, B, K), theta
+        (6, B, K), mu, mv (B, K)."""
         gidx = _gather(self.bins, tiles, step, self.k, self.dummy)
-        cols = self.tab.index_select(0, gidx.view(-1)).T.contiguous().view(-1, *gidx.shape)
-        th, mu, mv = _theta(cols, tiles, self.bins.tiles_x)
+        cols = self.tab.index_select(1, gidx.view(-1)).view(-1, *gidx.shape)
+        return (gidx, cols, *_theta(cols, tiles, self.bins.tiles_x))
+
+    def alpha(self, th: Tensor) -> Tensor:
+        """theta (6, B, K) -> alpha (B, K, P), clamped, 0 below 1/255."""
         alpha = _quad(th, self.phi2).exp2_()
         if self.clamp:
             alpha.clamp_(max=ALPHA_MAX)
-        return gidx, cols, torch.threshold_(alpha, self.alpha_min, 0.0), mu, mv
+        return torch.threshold_(alpha, self.alpha_min, 0.0)
+
+    def batches(self, n: int):
+        """Slices of at most ``per_batch`` tiles."""
+        return [slice(i, min(i + self.per_batch, n)) for i in range(0, n, self.per_batch)]
 
 
 class _Blend(torch.autograd.Function):
@@ -345,24 +352,27 @@ class _Blend(torch.autograd.Function):
         keep = any(ctx.needs_input_grad)
         tiles, p = bins.tiles_x * bins.tiles_y, TILE * TILE
         trans = torch.ones(tiles, p, dtype=c.dtype, device=c.device)
-        out = torch.zeros(tiles, c.tab.shape[1] - 6, p, dtype=c.dtype, device=c.device)
-        saved = []  # (tiles, step, T in front of the chunk) of every batch, for the backward
+        out = torch.zeros(tiles, c.tab.shape[0] - 6, p, dtype=c.dtype, device=c.device)
+        saved = []  # (tiles, step, T in front of the chunk) of every step, for the backward
         active = torch.nonzero(bins.count > 0)[:, 0]
         step = 0
         while active.numel():
-            for sub in active.split(c.per_batch):
-                _, cols, w, _, _ = c.chunk(sub, step)  # w: alpha (B, K, P) for now
-                t = trans.index_select(0, sub)
-                if keep:
-                    saved.append((sub, step, t.clone()))
+            _, cols, th, _, _ = c.chunk(active, step)
+            t_all = trans.index_select(0, active)
+            o_all = out.index_select(0, active)
+            if keep:
+                saved.append((active, step, t_all.clone()))
+            for sl in c.batches(active.numel()):
+                w = c.alpha(th[:, sl])  # (B, K, P), alpha for now
+                t = t_all[sl]
                 for wj in w.unbind(1):  # w_j = alpha_j T_j; T_j+1 = T_j - w_j, 0 once below T_MIN
                     wj.mul_(t)
                     torch.threshold_(t.sub_(wj), c.t_min, 0.0)
-                out.index_copy_(0, sub, out.index_select(0, sub).add_(_sum_k(cols[6:], w)))
-                trans.index_copy_(0, sub, t)
+                o_all[sl] += _sum_k(cols[6:, sl], w)
+            out.index_copy_(0, active, o_all)
+            trans.index_copy_(0, active, t_all)
             step += 1
-            more = (bins.count.index_select(0, active) > step * c.k) & (trans.index_select(0, active).amax(1) > 0)
-            active = active[more]
+            active = active[(bins.count.index_select(0, active) > step * c.k) & (t_all.amax(1) > 0)]
         ctx.blend = c
         ctx.saved = saved
         ctx.save_for_backward(opacities)
@@ -375,32 +385,39 @@ class _Blend(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         # sum over the rest of the list of w_i dL/dw_i, built back to front
         behind = torch.zeros(grad_out.shape[0], grad_out.shape[2], dtype=c.dtype, device=c.device)
-        grads = _Accumulate(torch.zeros_like(c.tab))
+        grads = _Accumulate(torch.zeros_like(c.tab.T))
         k = c.k
-        for sub, step, t_in in reversed(ctx.saved):
-            gidx, cols, alpha, mu, mv = c.chunk(sub, step)  # alpha (B, K, P)
-            b, p = alpha.shape[0], alpha.shape[2]
-            w = torch.empty_like(alpha)
-            t = t_in.clone()
-            for aj, wj in zip(alpha.unbind(1), w.unbind(1)):  # the forward's w again
-                torch.mul(aj, t, out=wj)
-                torch.threshold_(t.sub_(wj), c.t_min, 0.0)
-            go = grad_out.index_select(0, sub)  # (B, C + 1, P)
-            g_fe = _sum_p(w, go)  # (B, K, C + 1)
-            wg = w.mul_(_sum_c(cols[6:], go))  # w_j dL/dw_j
-            acc = torch.empty(b, k + 1, p, dtype=c.dtype, device=c.device)  # sum_{i >= j} w_i dL/dw_i ..
-            acc[:, k] = behind.index_select(0, sub)  # .. and the later chunks'
-            for j in range(k - 1, -1, -1):
-                torch.add(wg[:, j], acc[:, j + 1], out=acc[:, j])
-            behind.index_copy_(0, sub, acc[:, 0])
-            # dL/dalpha_j = T_j dL/dw_j - sum_{i > j} w_i dL/dw_i / (1 - alpha_j), dalpha/dpower = alpha:
-            # dL/dpower_j = w_j dL/dw_j - alpha_j / (1 - alpha_j) sum_{i > j} w_i dL/dw_i
-            odds = torch.rsub(alpha, 1.0)
-            g_pow = wg.sub_(torch.div(alpha, odds, out=odds).mul_(acc[:, 1:]))
-            if c.clamp:
-                g_pow.masked_fill_(alpha >= ALPHA_MAX, 0.0)
-            g_par = _theta_backward(_quad_t(g_pow, c.phi), cols, mu, mv)  # (6, B, K)
-            grads.add(gidx.view(-1), torch.cat([g_par.view(6, -1).T, g_fe.view(-1, g_fe.shape[-1])], 1))
+        for active, step, t_all in reversed(ctx.saved):
+            gidx, cols, th, mu, mv = c.chunk(active, step)
+            go_all = grad_out.index_select(0, active)  # (B, C + 1, P)
+            behind_all = behind.index_select(0, active)
+            g_all = torch.empty(gidx.numel(), cols.shape[0], dtype=c.dtype, device=c.device)
+            g_all_v = g_all.view(*gidx.shape, -1)
+            for sl in c.batches(active.numel()):
+                alpha = c.alpha(th[:, sl])  # (B, K, P)
+                b, p = alpha.shape[0], alpha.shape[2]
+                w = torch.empty_like(alpha)
+                t = t_all[sl].clone()
+                for aj, wj in zip(alpha.unbind(1), w.unbind(1)):  # the forward's w again
+                    torch.mul(aj, t, out=wj)
+                    torch.threshold_(t.sub_(wj), c.t_min, 0.0)
+                go = go_all[sl]
+                g_all_v[sl, :, 6:] = _sum_p(w, go)  # dL/d[feats, 1] (B, K, C + 1)
+                wg = w.mul_(_sum_c(cols[6:, sl], go))  # w_j dL/dw_j
+                acc = torch.empty(b, k + 1, p, dtype=c.dtype, device=c.device)  # sum_{i >= j} w_i dL/dw_i ..
+                acc[:, k] = behind_all[sl]  # .. and the later chunks'
+                for j in range(k - 1, -1, -1):
+                    torch.add(wg[:, j], acc[:, j + 1], out=acc[:, j])
+                behind_all[sl] = acc[:, 0]
+                # dL/dalpha_j = T_j dL/dw_j - sum_{i > j} w_i dL/dw_i / (1 - alpha_j), dalpha/dpower = alpha:
+                # dL/dpower_j = w_j dL/dw_j - alpha_j / (1 - alpha_j) sum_{i > j} w_i dL/dw_i
+                odds = torch.rsub(alpha, 1.0)
+                g_pow = wg.sub_(torch.div(alpha, odds, out=odds).mul_(acc[:, 1:]))
+                if c.clamp:
+                    g_pow.masked_fill_(alpha >= ALPHA_MAX, 0.0)
+                g_all_v[sl, :, :6] = _theta_backward(_quad_t(g_pow, c.phi), cols[:, sl], mu[sl], mv[sl]).permute(1, 2, 0)
+            behind.index_copy_(0, active, behind_all)
+            grads.add(gidx.view(-1), g_all)
         g = grads.flush()[:-1]
         g_op = g[:, 5] / opacities.clamp(min=1e-30)
         return g[:, :2], g[:, 2:5], g_op, g[:, 6:-1], None
