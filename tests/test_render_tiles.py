@@ -186,3 +186,25 @@ def test_gradients_by_finite_differences_across_tiles_and_steps(monkeypatch):
 
         with torch.enable_grad():
             assert torch.autograd.gradcheck(f, (scene[i].detach().clone().requires_grad_(),), eps=1e-6, atol=1e-5)
+
+
+def test_projection_matches_the_matrix_form():
+    """project() writes J W R S S^T R^T W^T J^T out per Gaussian: the same as the matrix products."""
+    from da3_plugins.core.model.rotation import quat_wxyz_to_matrix
+
+    means, quats, scales, _, _, vm, k, w, h, _ = random_scene(g=50, seed=9)
+    means2d, cov2d, depth, valid = project(means, quats, scales, vm, k, w, h)
+    r = vm[:3, :3]
+    cam = means @ r.T + vm[:3, 3]
+    m = quat_wxyz_to_matrix(quats) * scales[:, None, :]
+    cov = r @ (m @ m.transpose(-1, -2)) @ r.T
+    z = cam[:, 2].clamp(min=0.01)
+    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+    ux = (cam[:, 0] / z).clamp(-(cx / fx + 0.15 * w / fx), (w - cx) / fx + 0.15 * w / fx)
+    uy = (cam[:, 1] / z).clamp(-(cy / fy + 0.15 * h / fy), (h - cy) / fy + 0.15 * h / fy)
+    zero = torch.zeros_like(z)
+    jac = torch.stack([fx / z, zero, -fx * ux / z, zero, fy / z, -fy * uy / z], -1).reshape(-1, 2, 3)
+    torch.testing.assert_close(cov2d, jac @ cov @ jac.transpose(-1, -2) + 0.3 * torch.eye(2, dtype=torch.float64))
+    torch.testing.assert_close(means2d, torch.stack([fx * cam[:, 0] / z + cx, fy * cam[:, 1] / z + cy], -1))
+    torch.testing.assert_close(depth, cam[:, 2])
+    assert torch.equal(valid, depth > 0.01)
