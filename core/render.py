@@ -260,12 +260,12 @@ SMALL = 1 << 15
 (MKL, batched bmm) that cost more than they save, worst on a loaded machine."""
 
 
-def _quad(th: Tensor, phi: Tensor) -> Tensor:
-    """(6, B, K) x (P, 6) -> (B, K, P): sum_c th[c, b, k] phi[p, c]."""
+def _quad(th: Tensor, phi: Tensor, out: Tensor) -> Tensor:
+    """(6, B, K) x (P, 6) -> out (B, K, P): sum_c th[c, b, k] phi[p, c]."""
     t = th.reshape(6, -1).T
     if th.numel() * phi.shape[0] <= SMALL:
-        return (t[:, None, :] * phi).sum(-1).view(*th.shape[1:], -1)
-    return torch.mm(t, phi.T).view(*th.shape[1:], -1)
+        return torch.sum(t[:, None, :] * phi, -1, out=out.view(t.shape[0], -1)).view(out.shape)
+    return torch.mm(t, phi.T, out=out.view(t.shape[0], -1)).view(out.shape)
 
 
 def _quad_t(g: Tensor, phi: Tensor) -> Tensor:
@@ -283,11 +283,11 @@ def _sum_k(fe: Tensor, w: Tensor) -> Tensor:
     return torch.bmm(fe.permute(1, 0, 2), w)
 
 
-def _sum_c(fe: Tensor, go: Tensor) -> Tensor:
-    """(C, B, K) x (B, C, P) -> (B, K, P): sum_c fe[c, b, k] go[b, c, p]."""
+def _sum_c(fe: Tensor, go: Tensor, out: Tensor) -> Tensor:
+    """(C, B, K) x (B, C, P) -> out (B, K, P): sum_c fe[c, b, k] go[b, c, p]."""
     if fe.shape[2] * go.numel() <= SMALL:
-        return (fe.permute(1, 2, 0)[..., None] * go[:, None]).sum(2)
-    return torch.bmm(fe.permute(1, 2, 0), go)
+        return torch.sum(fe.permute(1, 2, 0)[..., None] * go[:, None], 2, out=out)
+    return torch.bmm(fe.permute(1, 2, 0), go, out=out)
 
 
 def _sum_p(w: Tensor, go: Tensor) -> Tensor:
@@ -335,6 +335,15 @@ class _Ctx:
         self.bins = bins
         self.k = max(1, min(CHUNK, int(bins.count.max()) if bins.count.numel() else 1))  # Gaussians per step
         self.per_batch = max(1, BLOCK // (TILE * TILE * self.k))
+        self._buffers = {}
+
+    def buffer(self, name: str, *shape: int) -> Tensor:
+        """A reused scratch tensor: fresh large ones would each cost page faults."""
+        n = math.prod(shape)
+        b = self._buffers.get(name)
+        if b is None or b.numel() < n:
+            b = self._buffers[name] = torch.empty(n, dtype=self.dtype, device=self.device)
+        return b[:n].view(shape)
 
     def chunk(self, tiles: Tensor, step: int):
         """-> the tiles' Gaussians in ``step`` (B, K), their table columns (6 + C + 1, B, K), theta
@@ -344,8 +353,8 @@ class _Ctx:
         return (gidx, cols, *_theta(cols, tiles, self.bins.tiles_x))
 
     def alpha(self, th: Tensor) -> Tensor:
-        """theta (6, B, K) -> alpha (B, K, P), clamped, 0 below 1/255."""
-        alpha = _quad(th, self.phi2).exp2_()
+        """theta (6, B, K) -> alpha (B, K, P), clamped, 0 below 1/255 (in a reused buffer)."""
+        alpha = _quad(th, self.phi2, self.buffer("alpha", *th.shape[1:], TILE * TILE)).exp2_()
         if self.clamp:
             alpha.clamp_(max=ALPHA_MAX)
         return torch.threshold_(alpha, self.alpha_min, 0.0)
@@ -407,23 +416,23 @@ class _Blend(torch.autograd.Function):
             for sl in c.batches(active.numel()):
                 alpha = c.alpha(th[:, sl])  # (B, K, P)
                 b, p = alpha.shape[0], alpha.shape[2]
-                w = torch.empty_like(alpha)
+                w = c.buffer("w", b, k, p)
                 t = t_all[sl].clone()
                 for aj, wj in zip(alpha.unbind(1), w.unbind(1)):  # the forward's w again
                     torch.mul(aj, t, out=wj)
                     torch.threshold_(t.sub_(wj), c.t_min, 0.0)
                 go = go_all[sl]
                 g_all_v[sl, :, 6:] = _sum_p(w, go)  # dL/d[feats, 1] (B, K, C + 1)
-                wg = w.mul_(_sum_c(cols[6:, sl], go))  # w_j dL/dw_j
-                acc = torch.empty(b, k + 1, p, dtype=c.dtype, device=c.device)  # sum_{i >= j} w_i dL/dw_i ..
+                wg = w.mul_(_sum_c(cols[6:, sl], go, c.buffer("gw", b, k, p)))  # w_j dL/dw_j
+                acc = c.buffer("acc", b, k + 1, p)  # sum_{i >= j} w_i dL/dw_i ..
                 acc[:, k] = behind_all[sl]  # .. and the later chunks'
                 for j in range(k - 1, -1, -1):
                     torch.add(wg[:, j], acc[:, j + 1], out=acc[:, j])
                 behind_all[sl] = acc[:, 0]
                 # dL/dalpha_j = T_j dL/dw_j - sum_{i > j} w_i dL/dw_i / (1 - alpha_j), dalpha/dpower = alpha:
                 # dL/dpower_j = w_j dL/dw_j - alpha_j / (1 - alpha_j) sum_{i > j} w_i dL/dw_i
-                odds = torch.rsub(alpha, 1.0)
-                g_pow = wg.sub_(torch.div(alpha, odds, out=odds).mul_(acc[:, 1:]))
+                odds = torch.sub(alpha, 1.0, out=c.buffer("odds", b, k, p))  # alpha - 1
+                g_pow = wg.add_(torch.div(alpha, odds, out=odds).mul_(acc[:, 1:]))
                 if c.clamp:
                     g_pow.masked_fill_(alpha >= ALPHA_MAX, 0.0)
                 g_th = _quad_t(g_pow, c.phi)  # (6, B, K)
