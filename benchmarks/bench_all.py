@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 # area, script, short arguments
 BENCHES: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
     ("network", "bench_network.py", ("--presets", "da3-small", "--views", "4", "--repeats", "3")),
-    ("rasteriser", "bench_render.py", ("--quick",)),
+    ("rasteriser", "bench_render.py", ("--gaussians", "100000", "--sizes", "504x378", "--repeat", "2")),
     ("long inputs", "bench_long.py", ("--scale", "--views", "100", "--res", "112")),
     ("exports", "bench_exports.py", ("--views", "20", "--repeat", "1", "--no-memory")),
     ("TSDF fusion (Open3D)", "bench_open3d.py", ("--views", "20")),
