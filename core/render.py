@@ -335,14 +335,14 @@ class _Ctx:
         self.bins = bins
         self.k = max(1, min(CHUNK, int(bins.count.max()) if bins.count.numel() else 1))  # Gaussians per step
         self.per_batch = max(1, BLOCK // (TILE * TILE * self.k))
-        self._buffers = {}
+        self.buffers = {}
 
     def buffer(self, name: str, *shape: int) -> Tensor:
         """A reused scratch tensor: fresh large ones would each cost page faults."""
         n = math.prod(shape)
-        b = self._buffers.get(name)
+        b = self.buffers.get(name)
         if b is None or b.numel() < n:
-            b = self._buffers[name] = torch.empty(n, dtype=self.dtype, device=self.device)
+            b = self.buffers[name] = torch.empty(n, dtype=self.dtype, device=self.device)
         return b[:n].view(shape)
 
     def chunk(self, tiles: Tensor, step: int):
@@ -395,6 +395,7 @@ class _Blend(torch.autograd.Function):
             trans.index_copy_(0, active, t_all)
             step += 1
             active = active[(bins.count.index_select(0, active) > step * c.k) & (t_all.amax(1) > 0)]
+        c.buffers.clear()
         ctx.blend = c
         ctx.saved = saved
         return out
@@ -468,8 +469,8 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     det = cxx * cyy - cxy * cxy
     bins = _bin(mx, my, cxx, cyy, det, depth, depth > near, opacities, width, height)
     inv = 1.0 / det
-    tab = torch.cat([torch.stack([mx, my, cyy * inv, -cxy * inv, cxx * inv, torch.log(opacities.clamp(min=0))]),
-                     colors.T, depth[None]])
+    log_opacity = torch.log(opacities.clamp(min=torch.finfo(dtype).tiny))  # finite gradients at opacity 0
+    tab = torch.cat([torch.stack([mx, my, cyy * inv, -cxy * inv, cxx * inv, log_opacity]), colors.T, depth[None]])
     img = _untile(_Blend.apply(tab, bins), bins, width, height)
     acc = img[..., 4]
     rgb = img[..., :3] + (1.0 - acc)[..., None] * background

@@ -159,6 +159,17 @@ def test_nothing_visible_gives_background_and_zero_gradients():
     assert (empty.rgb == scene[9]).all()
 
 
+def test_zero_opacity_gives_finite_gradients():
+    scene = random_scene(g=20, seed=6, sh=False)
+    opac = scene[3].clone()
+    opac[::2] = 0.0
+    opac.requires_grad_()
+    with torch.enable_grad():
+        out = rasterize(*scene[:3], opac, *scene[4:])
+        out.rgb.sum().backward()
+    assert torch.isfinite(opac.grad).all() and (opac.grad[::2] == 0).all() and (opac.grad[1::2] != 0).any()
+
+
 def test_float32_matches_float64():
     scene = random_scene(g=150, width=50, height=40, seed=4)
     ref = _outputs(rasterize(*scene))
