@@ -176,8 +176,11 @@ def _bin(mx: Tensor, my: Tensor, sxx: Tensor, syy: Tensor, det: Tensor, depth: T
         small = torch.int32 if total < 2**31 else torch.long
         # pair j of Gaussian r (in depth order) is number off = j - first[r] in its box of tiles, row
         # major: tile = base + (off // nx) tiles_x + off % nx = j + (base - first) + (off // nx) (tiles_x - nx)
-        rank = torch.repeat_interleave(torch.arange(len(idx), dtype=small, device=device), n)
         first = torch.cumsum(n, 0) - n
+        # rank = repeat_interleave(arange, n), 4x faster (every kept Gaussian has n >= 1 tiles)
+        rank = torch.zeros(total, dtype=small, device=device)
+        rank.index_fill_(0, first[1:], 1)
+        rank = torch.cumsum(rank, 0, dtype=small)
         j = torch.arange(total, dtype=small, device=device)
         off = j - first.to(small).index_select(0, rank)
         nxr = nx.to(small).index_select(0, rank)
