@@ -378,15 +378,15 @@ class _Blend(torch.autograd.Function):
         c = _Ctx(tab, bins)
         keep = any(ctx.needs_input_grad)
         tiles, p = bins.tiles_x * bins.tiles_y, TILE * TILE
-        trans = torch.ones(tiles, p, dtype=c.dtype, device=c.device)
         out = torch.zeros(tiles, c.tab.shape[0] - 6, p, dtype=c.dtype, device=c.device)
         saved = []  # (tiles, step, T in front of the chunk) of every step, for the backward
         active = torch.nonzero(bins.count > 0)[:, 0]
+        # the state of the active tiles, compacted when tiles leave
+        t_all = torch.ones(active.numel(), p, dtype=c.dtype, device=c.device)
+        o_all = torch.zeros(active.numel(), *out.shape[1:], dtype=c.dtype, device=c.device)
         step = 0
         while active.numel():
             _, cols, th, _, _ = c.chunk(active, step)
-            t_all = trans.index_select(0, active)
-            o_all = out.index_select(0, active)
             if keep:
                 saved.append((active, step, t_all.clone()))
             for sl in c.batches(active.numel()):
@@ -396,10 +396,12 @@ class _Blend(torch.autograd.Function):
                     wj.mul_(t)
                     torch.threshold_(t.sub_(wj), c.t_min, 0.0)
                 o_all[sl] += _sum_k(cols[6:, sl], w)
-            out.index_copy_(0, active, o_all)
-            trans.index_copy_(0, active, t_all)
             step += 1
-            active = active[(bins.count.index_select(0, active) > step * c.k) & (t_all.amax(1) > 0)]
+            more = (bins.count.index_select(0, active) > step * c.k) & (t_all.amax(1) > 0)
+            if not bool(more.all()):
+                done, more = torch.nonzero(~more)[:, 0], torch.nonzero(more)[:, 0]
+                out.index_copy_(0, active.index_select(0, done), o_all.index_select(0, done))
+                active, t_all, o_all = (x.index_select(0, more) for x in (active, t_all, o_all))
         c.buffers.clear()
         ctx.blend = c
         ctx.saved = saved
@@ -413,10 +415,15 @@ class _Blend(torch.autograd.Function):
         behind = torch.zeros(grad_out.shape[0], grad_out.shape[2], dtype=c.dtype, device=c.device)
         grads = _Accumulate(torch.zeros_like(c.tab.T))
         k = c.k
+        last = None
         for active, step, t_all in reversed(ctx.saved):
             gidx, cols, th, mu, mv = c.chunk(active, step)
-            go_all = grad_out.index_select(0, active)  # (B, C + 1, P)
-            behind_all = behind.index_select(0, active)
+            if active is not last:  # the forward's active set changed here: the state of the new set
+                if last is not None:
+                    behind.index_copy_(0, last, behind_all)
+                go_all = grad_out.index_select(0, active)  # (B, C + 1, P)
+                behind_all = behind.index_select(0, active)
+                last = active
             g_all = torch.empty(gidx.numel(), cols.shape[0], dtype=c.dtype, device=c.device)
             g_all_v = g_all.view(*gidx.shape, -1)
             for sl in c.batches(active.numel()):
@@ -443,7 +450,6 @@ class _Blend(torch.autograd.Function):
                     g_pow.masked_fill_(alpha >= ALPHA_MAX, 0.0)
                 g_th = _quad_t(g_pow, c.phi)  # (6, B, K)
                 g_all_v[sl, :, :6] = _theta_backward(g_th, cols[:, sl], mu[sl], mv[sl]).permute(1, 2, 0)
-            behind.index_copy_(0, active, behind_all)
             grads.add(gidx.view(-1), g_all)
         return grads.flush()[:-1, :-1].T, None
 
