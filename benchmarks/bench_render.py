@@ -99,7 +99,7 @@ def worker(spec: dict) -> None:
         import _render_before as impl  # noqa: E402
     else:
         from da3_plugins.core import render as impl
-    g = torch.load(spec["gaussians"], weights_only=False)
+    g = torch.load(spec["gaussians"], weights_only=True)
     w, h = spec["width"], spec["height"]
     k = g["k"].clone()
     k[0] *= w / g["size"][0]
@@ -180,7 +180,7 @@ def measure(spec: dict, timeout: float) -> dict:
 def compare(old_file: Path, new_file: Path, kind: str) -> str:
     import torch
 
-    a, b = torch.load(old_file, weights_only=False), torch.load(new_file, weights_only=False)
+    a, b = torch.load(old_file, weights_only=True), torch.load(new_file, weights_only=True)
     if kind == "fwd":
         return f"{(a['rgb'] - b['rgb']).abs().mean():.1e} / {(a['alpha'] - b['alpha']).abs().mean():.1e}"
     ga = torch.cat([v.reshape(-1) for v in a["grads"].values()]).double()
