@@ -15,6 +15,15 @@ other precisions (``core/precision.py``), timed in the same interleaved rounds: 
 layers dynamically quantised, CPU only) with its difference to our fp32 output (median relative
 depth difference, largest pairwise camera rotation difference), and which of them ``auto``
 picks on this machine.  This is a benchmark, not a test: it asserts nothing.
+
+A second table times the whole API from photo files (preprocessing, network, postprocessing):
+the official ``DepthAnything3.inference`` as shipped (its own autocast: bf16 where CUDA supports
+it, else fp16, which on a CPU is emulated) against our ``model.reconstruct`` in ``auto`` (the
+precision policy) and in exact fp32, on the same weights and the same PNG files of the
+benchmark's size (``--no-api`` skips it).
+
+``--device`` (default ``auto``: CUDA when present, else the CPU) moves both networks; on a GPU
+the times are synchronised, memory is the allocator's peak, and int8 (CPU only) is skipped.
 """
 
 from __future__ import annotations
@@ -50,13 +59,22 @@ def _release_free_memory() -> None:
         pass
 
 
-def measure(fn):
-    """(seconds, peak extra resident bytes) of one call.
+def measure(fn, device: "torch.device | None" = None):
+    """(seconds, peak extra bytes) of one call.
 
-    The kernel's resident high-water mark is reset just before the call (Linux
+    On the CPU the kernel's resident high-water mark is reset just before the call (Linux
     /proc/self/clear_refs), after freed heap has been handed back, so the peak is the
-    call's own and does not depend on what ran before it in this process.
+    call's own and does not depend on what ran before it in this process.  On CUDA: the
+    synchronised time and the caching allocator's peak above what was allocated before.
     """
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - t0, torch.cuda.max_memory_allocated(device) - base
     _release_free_memory()
     base = _status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -76,6 +94,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16-backbone column")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 columns")
+    parser.add_argument("--no-api", action="store_true", help="skip the end-to-end API table")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else cpu), cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -84,19 +104,22 @@ def main(argv=None) -> None:
     from da3_plugins.core import load_model
     from da3_plugins.core.precision import decide_auto, int8_backbone, set_precision
 
-    auto = decide_auto("cpu")
-    print(f"auto on this CPU: {auto.precision} ({auto.reason})")
-    variants = [v for v, skip in (("bf16", args.no_bf16), ("int8", args.no_int8)) if not skip]
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    auto = decide_auto(device)
+    print(f"device {device}; auto there: {auto.precision} ({auto.reason})")
+    variants = [v for v, skip in (("bf16", args.no_bf16), ("int8", args.no_int8 or device.type != "cpu")) if not skip]
     h, w = args.size
-    rows = []
+    rows, api_rows = [], []
     for preset in args.presets:
-        official = official_network(preset)
+        official = official_network(preset).to(device)
         with tempfile.TemporaryDirectory() as tmp:
-            ours = load_model(save_hub_folder(official, Path(tmp), preset), device="cpu", dtype="fp32")
+            folder = save_hub_folder(official, Path(tmp), preset)
+            ours = load_model(folder, device=device, dtype="fp32")
+            ours_auto = None if args.no_api else load_model(folder, device=device, dtype="auto")
         if "int8" in variants:
             int8_backbone(ours.net)  # quantised once, outside the timing
         for n in args.views:
-            x = torch.randn(1, n, 3, h, w, generator=torch.Generator().manual_seed(0))
+            x = torch.randn(1, n, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
             outputs = {}
 
             def run_official():
@@ -115,21 +138,72 @@ def main(argv=None) -> None:
             t_var = {v: [] for v in variants}
             m_off = m_ours = 0
             for _ in range(args.repeats):  # interleave so drift hits all alike
-                t, m = measure(run_official)
+                t, m = measure(run_official, device)
                 t_off.append(t)
                 m_off = max(m_off, m)
-                t, m = measure(run_ours)
+                t, m = measure(run_ours, device)
                 t_ours.append(t)
                 m_ours = max(m_ours, m)
                 for v in variants:
-                    t_var[v].append(measure(lambda: run_ours(v))[0])
+                    t_var[v].append(measure(lambda: run_ours(v), device)[0])
             extra = {v: statistics.median(t) for v, t in t_var.items()}
             for v in variants:
                 extra[f"{v} diff"] = _difference(outputs[v], outputs["fp32"])
             rows.append((preset, n, statistics.median(t_off), m_off, statistics.median(t_ours), m_ours, extra,
                          auto.precision))
             print_row(rows[-1], header=len(rows) == 1, size=(h, w))
-        del official, ours
+            if ours_auto is not None:
+                api_rows.append((preset, n, *time_api(official, ours, ours_auto, n, (h, w), args.repeats, device)))
+        del official, ours, ours_auto
+    if api_rows:
+        print(f"\nThe whole API from {w}x{h} PNG files (preprocessing, network, postprocessing), median of "
+              f"{args.repeats}:\n")
+        print("| API, preset | views | official API as shipped | ours reconstruct, auto | ours reconstruct, fp32 | "
+              "official API / ours auto |")
+        print("|---|---|---|---|---|---|")
+        for preset, n, t_api, t_auto, t_fp32, api_dtype, auto_name in api_rows:
+            print(f"| whole API, {preset} | {n} | {t_api:.2f} s ({api_dtype} autocast) | {t_auto:.2f} s ({auto_name}) | "
+                  f"{t_fp32:.2f} s | {t_api / t_auto:.2f}x |", flush=True)
+
+
+def time_api(official, ours, ours_auto, n, size, repeats, device):
+    """(official API s, ours auto s, ours fp32 s, the official autocast dtype, auto's name)."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from da3_plugins.core.precision import model_precision
+
+    h, w = size
+    from oracle import official_api
+
+    api = official_api(official)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(n):
+            small = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
+            paths.append(str(Path(tmp) / f"view_{i:03d}.png"))
+            Image.fromarray(small).resize((w, h), Image.BILINEAR).save(paths[-1])
+        kw = {"process_res": max(h, w)}
+
+        def run_api():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                api.inference(paths, **kw)
+
+        runs = {"api": run_api, "auto": lambda: ours_auto.reconstruct(paths, progress=None, **kw),
+                "fp32": lambda: ours.reconstruct(paths, progress=None, **kw)}
+        for fn in runs.values():  # warm-up
+            fn()
+        times = {k: [] for k in runs}
+        for _ in range(repeats):
+            for k, fn in runs.items():
+                times[k].append(measure(fn, device)[0])
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return (*(statistics.median(times[k]) for k in ("api", "auto", "fp32")), "bf16" if bf16 else "fp16",
+            model_precision(ours_auto))
 
 
 def _difference(test, ref):

@@ -1,5 +1,6 @@
 """Time the pure-PyTorch rasteriser (core/render.py) against the one before issue 17 part 3
-(benchmarks/_render_before.py, every 16 x 16 tile against every Gaussian); prints a table.
+(``core/render.py`` at commit 8865414, read from git: every 16 x 16 tile against every Gaussian);
+prints a table.
 
     .venv/bin/python benchmarks/bench_render.py [--sizes 504x378,1008x756] [--gaussians 100000,500000,2000000]
 
@@ -15,7 +16,8 @@ is what a ``da3-splat`` step does on the CPU: leaf parameters (means, quats, log
 opacities, SH), ``exp`` / ``sigmoid`` / SH colours inside the graph, an L1 loss on the clamped
 RGB, ``backward()``.  Each (implementation, size, Gaussians, pass) runs in its own process:
 after a small untimed warm-up render, best of ``--repeat`` (the earlier version: of 2, or one
-run where it takes over 10 s); peak memory = the process's peak RSS growth during the runs.
+run where it takes over 10 s); peak memory = the process's peak RSS growth during the runs
+(on CUDA, ``--device``: the allocator's peak, times synchronised).
 The earlier version is skipped where its time or memory, extrapolated from its first run of
 that pass (linearly in Gaussians x tiles: an upper bound), would pass ``--old-seconds`` /
 ``--old-gb``; the table says so.  Timings move a lot with other work on the machine: the table
@@ -89,22 +91,46 @@ def seed_gaussians(scene: Path, count: int, seed: int = 0) -> dict:
 
 # --------------------------------------------------------------------------- one measurement (own process)
 
+BEFORE = "8865414"  # the last commit with the every-tile-against-every-Gaussian rasteriser
+
+
+def earlier_renderer():
+    """``core/render.py`` as of :data:`BEFORE`, read with ``git show`` and imported as a module
+    whose relative imports resolve against today's ``da3_plugins.core`` (the helpers it uses are
+    unchanged since)."""
+    import importlib.util
+
+    try:
+        text = subprocess.run(["git", "-C", str(HERE.parent), "show", f"{BEFORE}:core/render.py"], check=True,
+                              capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"the earlier rasteriser needs the git history ({exc}); use --no-old") from None
+    folder = Path(tempfile.mkdtemp(prefix="render_before_"))
+    (folder / "render_before.py").write_text(text.replace("from .", "from da3_plugins.core."))
+    spec = importlib.util.spec_from_file_location("render_before", folder / "render_before.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 
 def worker(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
     if spec["impl"] == "old":
-        sys.path.insert(0, str(HERE))
-        import _render_before as impl  # noqa: E402
+        impl = earlier_renderer()
     else:
         from da3_plugins.core import render as impl
-    g = torch.load(spec["gaussians"], weights_only=True)
+    device = torch.device(spec.get("device", "cpu"))
+    g = {n: v.to(device) if torch.is_tensor(v) else v for n, v in torch.load(spec["gaussians"], weights_only=True).items()}
     w, h = spec["width"], spec["height"]
     k = g["k"].clone()
     k[0] *= w / g["size"][0]
     k[1] *= h / g["size"][1]
-    bg = torch.zeros(3)
+    bg = torch.zeros(3, device=device)
+    cuda = device.type == "cuda"
 
     def render(g, k, w, h):
         if spec["pass"] == "fwd":
@@ -127,15 +153,23 @@ def worker(spec: dict) -> None:
     small[:2] *= 0.25
     render({n: v[:2000] if n in ("means", "quats", "scales", "opacities", "sh") else v for n, v in g.items()},
            small, w // 4, h // 4)
-    base = _reset_peak_rss()
+    if cuda:  # the allocator's peak above what is held before the runs
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _reset_peak_rss()
     times = []
     for _ in range(spec["repeat"]):
         start = time.perf_counter()
         out, grads = render(g, k, w, h)
+        if cuda:
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    peak_mb = (_peak_rss() - base) / 2**20
+    peak_mb = ((torch.cuda.max_memory_allocated(device) if cuda else _peak_rss()) - base) / 2**20
     if spec.get("save"):
-        torch.save({"rgb": out.rgb.detach(), "alpha": out.alpha.detach(), "grads": grads}, spec["save"])
+        torch.save({"rgb": out.rgb.detach().cpu(), "alpha": out.alpha.detach().cpu(),
+                    "grads": None if grads is None else {n: v.cpu() for n, v in grads.items()}}, spec["save"])
     print(json.dumps({"seconds": min(times), "peak_mb": peak_mb}), flush=True)
 
 
@@ -200,11 +234,14 @@ def main() -> None:
     p.add_argument("--old-seconds", type=float, default=90.0, help="skip the earlier version beyond this (estimated)")
     p.add_argument("--old-gb", type=float, default=6.0, help="skip the earlier version beyond this much memory")
     p.add_argument("--no-old", action="store_true", help="time only the current rasteriser")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else cpu), cpu, cuda, ...")
     args = p.parse_args()
     if args.worker:
         worker(json.loads(args.worker))
         return
     import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
     counts = [int(float(x)) for x in args.gaussians.split(",")]
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
@@ -225,7 +262,7 @@ def main() -> None:
                     res = {}
                     for impl in ("old", "new"):
                         spec = {"impl": impl, "pass": kind, "gaussians": str(files[n]), "width": w, "height": h,
-                                "threads": args.threads, "repeat": args.repeat,
+                                "threads": args.threads, "repeat": args.repeat, "device": device,
                                 "save": str(work / f"{impl}-{kind}-{n}-{w}.pt")}
                         if impl == "old":
                             if args.no_old:
@@ -255,7 +292,7 @@ def main() -> None:
     def cell(r, key, fmt, first=True):
         return fmt.format(r[key]) if key in r else r.get("skip", r.get("error", "")) if first else ""
 
-    print(f"\nRasteriser, {args.threads} threads, {os.cpu_count()} cores; load average {load0[0]:.2f} at the start, "
+    print(f"\nRasteriser on {device}, {args.threads} threads, {os.cpu_count()} cores; load average {load0[0]:.2f} at the start, "
           f"{load1[0]:.2f} at the end; best of {args.repeat} (the earlier version: best of 2 where it takes under "
           f"10 s, else one run)\n")
     for kind, title, last in (("fwd", "Forward (no_grad)", "mean abs diff RGB / alpha"),

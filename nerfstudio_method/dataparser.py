@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import List, Literal, Optional, Type
 
@@ -141,7 +141,13 @@ class DA3DataParser(DataParser):
             st = f.stat()
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         c = self.config
-        h.update(json.dumps([CACHE_VERSION, c.model, c.reconstruct_options().cache_key(), c.fps]).encode())
+        # the precision as resolved here (auto means bf16 on one machine, fp32 on another)
+        from da3_plugins.core.model.loading import resolve_device
+        from da3_plugins.core.precision import resolve_precision
+
+        options = c.reconstruct_options()
+        options = replace(options, precision=resolve_precision(options.precision, resolve_device(c.device)))
+        h.update(json.dumps([CACHE_VERSION, c.model, options.cache_key(), c.fps]).encode())
         return h.hexdigest()[:16]
 
     def reconstruction(self) -> "tuple[Reconstruction, List[Path], bool]":

@@ -3,7 +3,8 @@ fixtures (a synthetic scene, a tiny random model).
 
 Markers (registered in pyproject.toml): ``oracle`` compares with the official depth-anything-3
 package (tests/oracle.py), ``host`` needs Blender's bpy, nerfstudio or Open3D, ``slow`` marks the
-large-width oracle comparisons.  ``make test-fast`` leaves all three out.
+large-width oracle comparisons.  ``make test-fast`` leaves all three out.  ``gpu`` tests need a
+CUDA GPU and skip without one (none here: they run on a CUDA machine with the same ``make test``).
 """
 
 import os
@@ -22,6 +23,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests expect exact numbers: precision "auto" resolves to fp32 on the CPU here (and in every
 # process a test starts); tests/test_precision.py covers the policy itself.
 os.environ.setdefault("DA3P_CPU_PRECISION", "fp32")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -126,3 +126,35 @@ def run_official(net, images, **kwargs):
     """Forward in float32 without autocast, as the parity tests compare."""
     with torch.no_grad(), torch.autocast(device_type="cpu", enabled=False):
         return net(images, **kwargs)
+
+
+def official_api(net, fp32: bool = False):
+    """The official ``DepthAnything3`` API object around ``net`` (its input and output processors).
+
+    fp32=False keeps its ``forward`` as shipped (bf16 autocast where CUDA supports it, else
+    fp16, emulated on a CPU); fp32=True runs the network in float32 without autocast."""
+    import sys
+    import types
+
+    # its export package imports moviepy and gsplat video tools; nothing here exports through it
+    stub = types.ModuleType("depth_anything_3.utils.export")
+    stub.export = None
+    sys.modules.setdefault("depth_anything_3.utils.export", stub)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from depth_anything_3.api import DepthAnything3
+        from depth_anything_3.utils.io.input_processor import InputProcessor
+        from depth_anything_3.utils.io.output_processor import OutputProcessor
+
+    api = DepthAnything3.__new__(DepthAnything3)
+    torch.nn.Module.__init__(api)
+    api.model, api.input_processor, api.output_processor, api.device = net, InputProcessor(), OutputProcessor(), None
+    if fp32:
+        def forward_fp32(image, extrinsics=None, intrinsics=None, export_feat_layers=None, infer_gs=False,
+                         use_ray_pose=False, ref_view_strategy="saddle_balanced"):
+            with torch.no_grad(), torch.autocast(device_type=image.device.type, enabled=False):
+                return net(image, extrinsics, intrinsics, export_feat_layers, infer_gs, use_ray_pose,
+                           ref_view_strategy)
+
+        api.forward = forward_fp32
+    return api

@@ -82,6 +82,22 @@ def test_folder_of_photos_runs_da3_once_and_caches(tmp_path):
     assert caches[0].stat().st_mtime_ns == stamp  # not recomputed
 
 
+def test_cache_key_holds_the_resolved_precision(tmp_path, monkeypatch):
+    """auto is bf16 on one machine and fp32 on another: the cached result says which it used."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / "p0.png")
+    files = [photos / "p0.png"]
+
+    def key(**kw):
+        return DA3DataParserConfig(data=photos, device="cpu", **kw).setup()._key(files)
+
+    monkeypatch.setenv("DA3P_CPU_PRECISION", "fp32")
+    assert key() == key(precision="fp32") == key(precision="auto")
+    monkeypatch.setenv("DA3P_CPU_PRECISION", "bf16")
+    assert key() == key(precision="bf16") != key(precision="fp32")
+
+
 def test_bad_data(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -16,41 +16,15 @@ from PIL import Image
 
 from da3_plugins.core import load_model
 from helpers import random_cameras
-from oracle import official_network, save_hub_folder
+from oracle import official_api, official_network, save_hub_folder
 
 pytestmark = pytest.mark.oracle
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    import sys
-    import types
-
-    # the official export package imports moviepy and gsplat video tools; these tests
-    # export nothing, so stand it in with an empty module
-    stub = types.ModuleType("depth_anything_3.utils.export")
-    stub.export = None
-    sys.modules.setdefault("depth_anything_3.utils.export", stub)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from depth_anything_3.api import DepthAnything3
-        from depth_anything_3.utils.io.input_processor import InputProcessor
-        from depth_anything_3.utils.io.output_processor import OutputProcessor
-
     net = official_network("da3-small")
-    api = DepthAnything3.__new__(DepthAnything3)
-    torch.nn.Module.__init__(api)
-    api.model = net
-    api.input_processor = InputProcessor()
-    api.output_processor = OutputProcessor()
-    api.device = None
-
-    def forward_fp32(image, extrinsics=None, intrinsics=None, export_feat_layers=None, infer_gs=False,
-                     use_ray_pose=False, ref_view_strategy="saddle_balanced"):
-        with torch.no_grad(), torch.autocast(device_type="cpu", enabled=False):
-            return net(image, extrinsics, intrinsics, export_feat_layers, infer_gs, use_ray_pose, ref_view_strategy)
-
-    api.forward = forward_fp32
+    api = official_api(net, fp32=True)
     folder = save_hub_folder(net, tmp_path_factory.mktemp("small"), "da3-small", dedupe_shared=True)
     return api, load_model(folder, device="cpu", dtype="fp32")  # exact, whatever auto is here
 
