@@ -239,3 +239,39 @@ def resolve_conf_threshold(conf_threshold: Union[None, float, str], conf: Option
 
 __all__ = ["AUTO_CONF_PERCENTILE", "auto_conf_threshold", "depth_to_points", "finite_percentiles", "pixel_grid",
            "points_of_pixels", "ray_matrices", "resolve_conf_threshold"]
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_indices(total: int, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` distinct indices of ``range(total)``, uniformly at random, sorted (all of them
+    when ``count >= total``).  Memory grows with ``count``, not with ``total`` (numpy's
+    ``choice(total, count, replace=False)`` permutes all ``total``: 91 MB for 11 M candidates).
+
+    Uniform integers drawn with replacement, deduplicated, topped up until there are enough,
+    then the surplus dropped at random: by symmetry every subset of a size is equally likely at
+    each stage, so the result is a uniform ``count``-subset.  Deterministic for a ``seed``."""
+    total, count = int(total), int(count)
+    if total < 0 or count < 0:
+        raise ValueError(f"sample_indices: expected total and count >= 0, got {total}, {count}")
+    small = np.int32 if total <= np.iinfo(np.int32).max else np.int64
+    if count >= total:
+        return np.arange(total, dtype=small)
+    if 2 * count > total:  # more than half: the complement is the small side
+        keep = np.ones(total, dtype=bool)
+        keep[sample_indices(total, total - count, seed)] = False
+        return np.flatnonzero(keep).astype(small)
+    rng = np.random.default_rng(seed)
+    picked = np.empty(0, dtype=small)
+    while len(picked) < count:
+        need = count - len(picked)
+        # expected distinct draws of n = need + margin: enough in one round almost always
+        draw = rng.integers(0, total, size=need + need // 8 + 64, dtype=small)
+        picked = np.union1d(picked, draw)
+    if len(picked) > count:  # drop the surplus at random (keeps the order)
+        drop = rng.choice(len(picked), len(picked) - count, replace=False)
+        keep = np.ones(len(picked), dtype=bool)
+        keep[drop] = False
+        picked = picked[keep]
+    return picked

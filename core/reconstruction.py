@@ -24,16 +24,18 @@ import numpy as np
 
 try:  # inside the package
     from . import conventions as _conv
+    from . import metric_scale as _scale
     from . import scene_io as _io
     from .points import (AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points, pixel_grid, points_of_pixels,
-                         ray_matrices, resolve_conf_threshold)
+                         ray_matrices, resolve_conf_threshold, sample_indices)
     from .options import SceneOptions
     from .scene_io import SCHEMA_NAME, SCHEMA_VERSION, SceneFileError, SceneWriter, atomic_folder, atomic_path
 except ImportError:  # copied as plain modules (the Blender extension)
     import conventions as _conv  # type: ignore[no-redef]
+    import metric_scale as _scale  # type: ignore[no-redef]
     import scene_io as _io  # type: ignore[no-redef]
     from points import (AUTO_CONF_PERCENTILE, auto_conf_threshold, depth_to_points,  # type: ignore[no-redef]
-                        pixel_grid, points_of_pixels, ray_matrices, resolve_conf_threshold)
+                        pixel_grid, points_of_pixels, ray_matrices, resolve_conf_threshold, sample_indices)
     from options import SceneOptions  # type: ignore[no-redef]
     from scene_io import (SCHEMA_NAME, SCHEMA_VERSION, SceneFileError, SceneWriter,  # type: ignore[no-redef]
                           atomic_folder, atomic_path)
@@ -90,6 +92,20 @@ class GaussianSet:
     @property
     def sh_degree(self) -> int:
         return int(round(self.harmonics.shape[2] ** 0.5)) - 1
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """The footage a scene's views are frames of (:attr:`Reconstruction.frames`).
+
+    ``kind`` is ``"video"`` or ``"image_sequence"``; ``path`` the video file or the sequence's
+    folder (as recorded: it may have moved since); ``rate`` its frames per second (0: unknown);
+    ``indices`` each view's frame (0-based in a video, the file-name number in a sequence)."""
+
+    kind: str
+    path: str
+    rate: float
+    indices: Tuple[int, ...]
 
 
 @dataclass
@@ -227,6 +243,39 @@ class Reconstruction:
         """(N, 3, 3) intrinsics in pixels of the original photos (continuous coordinates)."""
         return np.linalg.inv(self.pixel_transform) @ self.intrinsics
 
+    # ------------------------------------------------------------------ footage and scale
+
+    @property
+    def frames(self) -> Optional["FrameSource"]:
+        """Where the views come from when they are frames of one video or image sequence (the
+        scene file's ``frame_*`` options), else None -- also for older scene files, and when the
+        recorded frame indices do not match the views."""
+        o = self.options
+        if not o.frame_source_kind or len(o.frame_indices) != self.num_views:
+            return None
+        return FrameSource(kind=o.frame_source_kind, path=o.frame_source, rate=float(o.frame_rate),
+                           indices=tuple(int(i) for i in o.frame_indices))
+
+    def rescaled(self, factor: float) -> "Reconstruction":
+        """A copy with every length times ``factor`` (:mod:`core.metric_scale`): camera
+        translations, depth, Gaussian means and sizes; images, confidence, intrinsics and
+        rotations unchanged, so every projection stays exact.  ``model`` and ``is_metric`` are
+        kept; the factor is recorded in ``options.extra["scale_factor"]`` (multiplied in)."""
+        s = _scale.check_factor(factor)
+        gs = self.gaussians
+        if gs is not None:
+            means, scales = _scale.scale_gaussian_arrays(gs.means, gs.scales, s)
+            gs = GaussianSet(means=means, scales=scales, rotations=gs.rotations, harmonics=gs.harmonics,
+                             opacities=gs.opacities, view=gs.view)
+        extra = dict(self.options.extra)
+        extra["scale_factor"] = float(extra.get("scale_factor", 1.0)) * s
+        options = SceneOptions.from_saved({**self.options.to_saved(), **extra})
+        return Reconstruction(
+            images=self.images, depth=_scale.scale_points(self.depth, s).astype(np.float32),
+            extrinsics=_scale.scale_extrinsics(self.extrinsics, s), intrinsics=self.intrinsics, conf=self.conf,
+            original_sizes=self.original_sizes, pixel_transform=self.pixel_transform, image_names=self.image_names,
+            sky=self.sky, gaussians=gs, is_metric=self.is_metric, model=self.model, options=options)
+
     # ------------------------------------------------------------------ points
 
     def default_conf_threshold(self, percentile: float = AUTO_CONF_PERCENTILE) -> float:
@@ -326,8 +375,8 @@ class Reconstruction:
     def sample_points(self, max_points: int, conf_threshold: Optional[float] = None, stride: int = 1,
                       seed: int = 0, finite: bool = False) -> Tuple[PointCloud, int]:
         """``(sample, total)``: :meth:`points` (with ``finite``, only finite positions), and above
-        ``max_points`` a random subset in their order (``default_rng(seed).choice`` of the
-        indices, sorted); ``total`` is the number of points sampled from.
+        ``max_points`` a random subset in their order (:func:`~.points.sample_indices`: memory
+        for the sample only); ``total`` is the number of points sampled from.
 
         Two passes view by view, holding only the sample (a scene of memory maps stays on disk):
         the first counts (from the masks; positions are computed only when they might overflow
@@ -344,8 +393,7 @@ class Reconstruction:
 
         counts = [len(indices(j)) for j in range(len(idx))]
         total = int(sum(counts))
-        pick = (np.sort(np.random.default_rng(seed).choice(total, int(max_points), replace=False))
-                if total > max_points else None)
+        pick = sample_indices(total, int(max_points), seed) if total > max_points else None
         out = _empty_cloud(total if pick is None else len(pick))
         start = at = 0
         for j in range(len(idx)):
@@ -509,5 +557,5 @@ def _checked(arr, shape: Tuple[int, ...], dtype, name: str) -> np.ndarray:
     return a.astype(dtype, copy=False)
 
 
-__all__ = ["GaussianSet", "PointCloud", "Reconstruction", "SCHEMA_NAME", "SCHEMA_VERSION", "SceneFileError",
+__all__ = ["FrameSource", "GaussianSet", "PointCloud", "Reconstruction", "SCHEMA_NAME", "SCHEMA_VERSION", "SceneFileError",
            "SceneWriter", "atomic_folder", "atomic_path"]

@@ -21,7 +21,7 @@ from da3_plugins.core.export import depth_images as di
 from da3_plugins.core.export import gltf as gltf_mod
 from da3_plugins.core.export import ply as ply_mod
 from da3_plugins.core.export import write_depth_images, write_glb, write_nerfstudio, write_point_ply
-from da3_plugins.core.points import depth_to_points, finite_percentiles
+from da3_plugins.core.points import depth_to_points, finite_percentiles, sample_indices
 from da3_plugins.core.reconstruction import PointCloud, Reconstruction
 
 FIELDS = ("positions", "colors", "confidence", "view")
@@ -103,6 +103,22 @@ def test_points_equal_the_masked_whole_views(scene, tmp_path, form, monkeypatch)
     assert_same(concat(rec.iter_points(conf_threshold=2.0)), reference_points(scene, 2.0))
 
 
+def test_sample_indices_are_a_uniform_sorted_subset():
+    for total, count in [(11_400_000, 1_000_000), (1000, 999), (1000, 500), (1000, 3), (5, 9), (0, 3), (7, 0)]:
+        s = sample_indices(total, count, seed=1)
+        assert len(s) == min(total, count) and (np.diff(s) > 0).all()
+        assert len(s) == 0 or (s[0] >= 0 and s[-1] < total)
+        np.testing.assert_array_equal(s, sample_indices(total, count, seed=1))  # repeatable
+    assert not np.array_equal(sample_indices(1000, 10, 1), sample_indices(1000, 10, 2))
+    for total, count in [(20, 7), (10, 8)]:  # both branches: every index equally likely
+        hits = np.zeros(total)
+        for seed in range(4000):
+            hits[sample_indices(total, count, seed)] += 1
+        np.testing.assert_allclose(hits / 4000, count / total, atol=0.035)
+    with pytest.raises(ValueError, match="sample_indices"):
+        sample_indices(-1, 3)
+
+
 def test_sample_points_equal_a_sample_of_the_reference(scene):
     for max_points, thr, stride, finite in [(10**6, "auto", 1, True), (100, None, 2, False), (37, 2.0, 1, True)]:
         ref = reference_points(scene, thr, stride)
@@ -111,7 +127,7 @@ def test_sample_points_equal_a_sample_of_the_reference(scene):
         got, total = scene.sample_points(max_points, thr, stride, seed=5, finite=finite)
         assert total == len(ref)
         if total > max_points:
-            ref = rec_mod._subset(ref, np.sort(np.random.default_rng(5).choice(total, max_points, replace=False)))
+            ref = rec_mod._subset(ref, sample_indices(total, max_points, seed=5))
         assert_same(got, ref, (max_points, thr, stride, finite))
 
 
@@ -127,7 +143,7 @@ def test_sample_points_drops_points_that_overflow(scene):
     assert_same(got, rec_mod._subset(ref, keep))
     got, total = scene.sample_points(50, finite=True, seed=2)
     assert_same(got, rec_mod._subset(rec_mod._subset(ref, keep),
-                                      np.sort(np.random.default_rng(2).choice(total, 50, replace=False))))
+                                      sample_indices(total, 50, seed=2)))
 
 
 def test_finite_percentiles_equal_numpy(monkeypatch):

@@ -18,6 +18,7 @@ import pytest
 from da3_plugins.core.export.registry import EXPORT_NAMES, write_exports
 from da3_plugins.core import reconstruction
 from da3_plugins.core.reconstruction import GaussianSet, Reconstruction, SceneFileError, SceneWriter
+from da3_plugins.core.points import sample_indices
 from da3_plugins.core.scene_io import ARRAY_KEYS, find_scene
 
 from export_scene import _per_pixel_gaussians, rec as plane_rec  # noqa: F401  (a fixture)
@@ -332,7 +333,7 @@ def test_points_and_masks_on_memory_maps(rec, tmp_path):
 
 def test_points_and_samples_in_blocks_of_views_equal_one_block(rec, monkeypatch):
     whole = rec.points(conf_threshold=2.0, stride=3)
-    pick = np.sort(np.random.default_rng(7).choice(len(whole), 100, replace=False))
+    pick = sample_indices(len(whole), 100, seed=7)
     samples = {"all": (rec.sample_points(10**6, 2.0, 3, seed=7), whole),
                "some": (rec.sample_points(100, 2.0, 3, seed=7), reconstruction._subset(whole, pick))}
     monkeypatch.setattr(reconstruction, "VIEW_BLOCK_PIXELS", 1)  # a block is one view: two passes
