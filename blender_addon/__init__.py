@@ -18,7 +18,9 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 from bpy_extras.io_utils import ImportHelper
 
 from ._vendor.model_source import DEFAULT_MODEL, EMBEDDED, classify_model_source
-from ._vendor.options import PRECISIONS, REF_VIEW_STRATEGIES, RESIZE_METHODS, ReconstructOptions, option_defaults
+from .worker_client import ProgressClock
+from ._vendor.options import (LOOP_CLOSURES, PRECISIONS, REF_VIEW_STRATEGIES, RESIZE_METHODS, ReconstructOptions,
+                               option_defaults)
 
 
 class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
@@ -39,6 +41,11 @@ class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
                             description="DA3's 3D Gaussians (when the scene has them), previewed as coloured ellipsoids")
     depth_meshes: BoolProperty(name="Depth Meshes", default=False,
                                description="One mesh per view from its depth map, textured with its photo")
+    mesh_every: IntProperty(name="Depth Mesh Every", default=1, min=1,
+                            description="A depth mesh for every n-th view (keyframes of a video)")
+    animated: BoolProperty(name="Animated Camera", default=True,
+                           description="A scene made from a video or image sequence becomes one camera keyed on "
+                                       "every frame, with the footage as its background; off: one camera per view")
     stride: IntProperty(name="Pixel Stride", default=1, min=1, max=64,
                         description="Use every n-th pixel of each depth map")
     threshold_mode: EnumProperty(
@@ -64,7 +71,8 @@ class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
         try:
             coll = build_scene(rec, path.stem, context=context, cameras=self.cameras, points=self.points,
                                background=self.background, stride=self.stride, conf_threshold=conf,
-                               depth_meshes=self.depth_meshes, gaussians=self.gaussians)
+                               depth_meshes=self.depth_meshes, gaussians=self.gaussians, animated=self.animated,
+                               mesh_every=self.mesh_every)
         except Exception as exc:  # report, leave the scene as it was (build_scene cleans up)
             self.report({"ERROR"}, f"{path.name}: import failed: {type(exc).__name__}: {exc}")
             return {"CANCELLED"}
@@ -110,6 +118,8 @@ class DA3_PT_display(bpy.types.Panel):
         obj = _da3_points(context)
         if obj is None:
             layout.label(text="Select an imported DA3 point cloud")
+            if context.active_object is not None and "da3_footage" in context.active_object:
+                layout.operator("da3.rescale", icon="DRIVER_DISTANCE")
             return
         mod = obj.modifiers["DA3 Points"]
         for item in mod.node_group.interface.items_tree:
@@ -119,6 +129,7 @@ class DA3_PT_display(bpy.types.Panel):
         if coll is not None:
             layout.label(text=f"Scale: {coll.get('da3_units', '?')}, model: {coll.get('da3_model', '?')}")
             layout.operator(DA3_OT_toggle_cameras.bl_idname, icon="CAMERA_DATA")
+            layout.operator("da3.rescale", icon="DRIVER_DISTANCE")
 
 
 class DA3_OT_toggle_cameras(bpy.types.Operator):
@@ -200,8 +211,79 @@ def _model_request(name: str) -> str:
     return source.location
 
 
+def _reconstruct_settings():
+    """The reconstruction settings: the operator's properties, and the same on the scene
+    (``scene.da3_reconstruct``) for the sidebar panel."""
+    return {
+        "model": StringProperty(name="Model", default="",
+                                description=f"Model folder, .safetensors file, hub id (needs online access) or "
+                                            f"'{EMBEDDED}' (the small offline demo model); empty: {DEFAULT_MODEL}"),
+        "process_res": IntProperty(name="Resolution", default=_DEFAULTS["process_res"], min=14, max=2016, step=14),
+        "process_res_method": EnumProperty(name="Resize", default=_DEFAULTS["process_res_method"],
+                                           items=_enum_items(RESIZE_METHODS),
+                                           description="How photos are resized or cropped to the network's input size"),
+        "ref_view": EnumProperty(name="Reference View", default=_DEFAULTS["ref_view_strategy"],
+                                 items=_enum_items(REF_VIEW_STRATEGIES)),
+        "ray_pose": BoolProperty(name="Ray Pose", default=_DEFAULTS["use_ray_pose"],
+                                 description="Cameras from the ray map"),
+        "gaussians": BoolProperty(name="Gaussians", default=_DEFAULTS["infer_gs"],
+                                  description="Predict 3D Gaussians (giant / nested)"),
+        "precision": EnumProperty(name="Precision", default="auto", items=_enum_items(PRECISIONS),
+                                  description="Backbone compute precision (auto: bf16 or fp16 on GPUs, fp32 on most "
+                                              "CPUs; fp32 is exact; int8 is CPU only: faster, approximate)"),
+        "threshold": FloatProperty(name="Confidence Threshold", default=0.0, min=0.0),
+        "frame_stride": IntProperty(name="Frame Stride", default=1, min=1,
+                                    description="Every n-th frame of a video or image sequence (when FPS is 0)"),
+        "fps": FloatProperty(name="FPS", default=0.0, min=0.0,
+                             description="Sample a video at this many frames per second; 0: use the frame stride"),
+        "max_views": IntProperty(name="Views per Pass", default=0, min=0,
+                                 description="Long inputs run in overlapping chunks of this many views "
+                                             "(bounded memory); 0: from free memory"),
+        "chunk_overlap": IntProperty(name="Chunk Overlap", default=0, min=0,
+                                     description="Views shared by consecutive chunks; 0: automatic"),
+        "loop_closure": EnumProperty(name="Loop Closure", default=_DEFAULTS["loop_closure"],
+                                     items=_enum_items(LOOP_CLOSURES),
+                                     description="Find places the camera returns to and close the loop"),
+        "scale": FloatProperty(name="Scale", default=1.0, min=1e-6,
+                               description="Multiply every length of the result (metric models already give "
+                                           "metres; for the others, or use Rescale after import)"),
+        "animated": BoolProperty(name="Animated Camera", default=True,
+                                 description="A video or image sequence becomes one camera keyed on every frame"),
+        "create_cameras": BoolProperty(name="Cameras", default=True),
+        "create_points": BoolProperty(name="Point Cloud", default=True),
+        "create_depth_meshes": BoolProperty(name="Depth Meshes", default=False),
+    }
+
+
+SEQUENCE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".exr")
+
+
+def _every_nth_file(folder: str, stride: int):
+    """Every ``stride``-th image file of a folder, in name order (an image sequence)."""
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(SEQUENCE_EXTENSIONS)
+                   and not f.startswith("."))
+    return [os.path.join(folder, f) for f in names[::stride]]
+
+
+def _video_rate(path: str) -> float:
+    """A video's frames per second, read by Blender (a clip loaded and removed again)."""
+    clip = bpy.data.movieclips.load(path)
+    try:
+        return float(clip.fps)
+    finally:
+        bpy.data.movieclips.remove(clip)
+
+
+class DA3ReconstructSettings(bpy.types.PropertyGroup):
+    """What the sidebar's Reconstruct panel edits (``scene.da3_reconstruct``)."""
+
+    source: StringProperty(name="Footage", subtype="FILE_PATH",
+                           description="A video file, or a folder of photos or of an image sequence")
+    __annotations__.update(_reconstruct_settings())
+
+
 class DA3_OT_reconstruct(bpy.types.Operator):
-    """Reconstruct a folder of photos (or a video) with DA3 in the worker process and import the result"""
+    """Reconstruct a folder of photos, an image sequence or a video with DA3 in the worker process and import the result"""
 
     bl_idname = "da3.reconstruct"
     bl_label = "Reconstruct from Images"
@@ -209,34 +291,28 @@ class DA3_OT_reconstruct(bpy.types.Operator):
 
     directory: StringProperty(name="Images", subtype="DIR_PATH", description="Folder of photos")
     filepath: StringProperty(name="Video", subtype="FILE_PATH", description="A video file instead of a folder")
-    model: StringProperty(name="Model", default="",
-                          description=f"Model folder, .safetensors file, hub id (needs online access) or "
-                                      f"'{EMBEDDED}' (the small offline demo model); empty: {DEFAULT_MODEL}")
-    process_res: IntProperty(name="Resolution", default=_DEFAULTS["process_res"], min=14, max=2016, step=14)
-    process_res_method: EnumProperty(name="Resize", default=_DEFAULTS["process_res_method"],
-                                     items=_enum_items(RESIZE_METHODS),
-                                     description="How photos are resized or cropped to the network's input size")
-    ref_view: EnumProperty(name="Reference View", default=_DEFAULTS["ref_view_strategy"],
-                           items=_enum_items(REF_VIEW_STRATEGIES))
-    ray_pose: BoolProperty(name="Ray Pose", default=_DEFAULTS["use_ray_pose"], description="Cameras from the ray map")
-    gaussians: BoolProperty(name="Gaussians", default=_DEFAULTS["infer_gs"],
-                            description="Predict 3D Gaussians (giant / nested)")
-    precision: EnumProperty(name="Precision", default="auto", items=_enum_items(PRECISIONS),
-                            description="Backbone compute precision (auto: bf16 or fp16 on GPUs, fp32 on most CPUs; "
-                                        "fp32 is exact; int8 is CPU only: faster, approximate)")
-    threshold: FloatProperty(name="Confidence Threshold", default=0.0, min=0.0)
     files: bpy.props.CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
-    create_cameras: BoolProperty(name="Cameras", default=True)
-    create_points: BoolProperty(name="Point Cloud", default=True)
-    create_depth_meshes: BoolProperty(name="Depth Meshes", default=False)
+    use_panel: BoolProperty(name="Use Panel Settings", default=False, options={"HIDDEN", "SKIP_SAVE"},
+                            description="Take the footage and every setting from the sidebar panel")
+    __annotations__.update(_reconstruct_settings())
 
     _timer = None
+
+    def _from_panel(self, context):
+        settings = context.scene.da3_reconstruct
+        for key in _reconstruct_settings():
+            setattr(self, key, getattr(settings, key))
+        src = bpy.path.abspath(settings.source) if settings.source else ""
+        self.directory, self.filepath = (src, "") if os.path.isdir(src) else ("", src)
 
     def _request(self, context):
         import tempfile
 
+        if self.use_panel:
+            self._from_panel(context)
         picked = [os.path.join(self.directory, f.name) for f in self.files if f.name]
         src = self.filepath if self.filepath else self.directory
+        fps = None
         if picked:
             inputs = [bpy.path.abspath(p) for p in picked]
             missing = [p for p in inputs if not os.path.isfile(p)]
@@ -244,21 +320,36 @@ class DA3_OT_reconstruct(bpy.types.Operator):
                 raise ValueError(f"no such file: {missing[0]}")
         elif not src or not os.path.exists(bpy.path.abspath(src)):
             raise ValueError(f"no such folder or video: {src or '(none given)'}")
+        elif os.path.isdir(bpy.path.abspath(src)):
+            folder = bpy.path.abspath(src)
+            inputs = _every_nth_file(folder, self.frame_stride) if self.frame_stride > 1 else [folder]
+            if not inputs:
+                raise ValueError(f"{folder}: the folder holds no image files")
         else:
-            inputs = [bpy.path.abspath(src)]
+            video = bpy.path.abspath(src)
+            inputs = [video]
+            if self.fps > 0:
+                fps = float(self.fps)
+            else:  # every frame_stride-th frame: sampled at rate / stride
+                rate = _video_rate(video)
+                fps = rate / self.frame_stride if rate > 0 else 1e6
         model = _model_request(self.model)
         options = self.reconstruct_options().to_dict()
         self._tmp = tempfile.mkdtemp(prefix="da3_")
         self._source = src
+        self._clock = ProgressClock()
         client = _client(context)
+        extra = {} if fps is None else {"fps": fps}
         return client, client.request("reconstruct", inputs=inputs, output=os.path.join(self._tmp, "out"),
-                                      export="scene", model=model, options=options)
+                                      export="scene", model=model, options=options, **extra)
 
     def reconstruct_options(self) -> ReconstructOptions:
         """The core's reconstruction options from the operator's settings (validated by the core)."""
         return ReconstructOptions(process_res=self.process_res, process_res_method=self.process_res_method,
                                   ref_view_strategy=self.ref_view, use_ray_pose=self.ray_pose,
-                                  infer_gs=self.gaussians, precision=self.precision)
+                                  infer_gs=self.gaussians, precision=self.precision,
+                                  max_views_per_pass=self.max_views or None,
+                                  chunk_overlap=self.chunk_overlap or None, loop_closure=self.loop_closure)
 
     def _finish(self, context, event: dict):
         import shutil
@@ -271,10 +362,14 @@ class DA3_OT_reconstruct(bpy.types.Operator):
             from .importer import build_scene
 
             rec = Reconstruction.load(event["files"]["scene"])
+            if self.scale != 1.0:
+                rec = rec.rescaled(self.scale)
             name = os.path.basename(os.path.normpath(self._source)) or "DA3"
+            if rec.frames is not None:
+                name = os.path.splitext(name)[0] or name
             build_scene(rec, name, context=context, conf_threshold=self.threshold or None,
                         cameras=self.create_cameras, points=self.create_points,
-                        depth_meshes=self.create_depth_meshes, gaussians=self.gaussians)
+                        depth_meshes=self.create_depth_meshes, gaussians=self.gaussians, animated=self.animated)
             self.report({"INFO"}, f"Reconstructed {len(rec)} views of {name}")
             return {"FINISHED"}
         finally:
@@ -342,9 +437,89 @@ class DA3_OT_reconstruct(bpy.types.Operator):
         def show(ev):
             total = max(1, int(ev.get("total", 1)))
             context.window_manager.progress_update(int(100 * ev.get("done", 0) / total))
-            context.workspace.status_text_set(f"DA3 {ev.get('stage')}: {ev.get('done')}/{total} {ev.get('message', '')}"
-                                              "  (Esc to cancel)")
+            context.workspace.status_text_set(self._clock.text(ev, time.monotonic()))
         return show
+
+
+class DA3_OT_rescale(bpy.types.Operator):
+    """Rescale the active DA3 reconstruction (cameras, points, depth meshes, Gaussians) about the world origin; every camera keeps its picture"""
+
+    bl_idname = "da3.rescale"
+    bl_label = "Rescale Reconstruction"
+    bl_options = {"REGISTER", "UNDO"}
+
+    mode: EnumProperty(name="By", default="DISTANCE", items=[
+        ("DISTANCE", "Known Distance", "The two selected points (vertices in Edit Mode, or objects) are this far apart"),
+        ("FACTOR", "Factor", "Multiply every length by a factor")])
+    length: FloatProperty(name="Distance", default=1.0, min=1e-9, subtype="DISTANCE", unit="LENGTH",
+                          description="The true distance between the two selected points (metres)")
+    factor: FloatProperty(name="Factor", default=1.0, min=1e-9)
+
+    @classmethod
+    def poll(cls, context):
+        from .importer import da3_collection
+
+        return da3_collection(context.active_object) is not None
+
+    def execute(self, context):
+        from .importer import da3_collection, rescale_collection, selected_points
+        from ._vendor.metric_scale import factor_for_distance
+
+        coll = da3_collection(context.active_object)
+        if coll is None:
+            self.report({"ERROR"}, "Select an object of an imported DA3 reconstruction first")
+            return {"CANCELLED"}
+        was_edit = context.active_object.mode == "EDIT"
+        try:
+            if self.mode == "DISTANCE":
+                a, b = selected_points(context)
+                s = factor_for_distance(a, b, self.length)
+            else:
+                s = float(self.factor)
+            if was_edit:
+                bpy.ops.object.mode_set(mode="OBJECT")
+            rescale_collection(coll, s)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        finally:
+            if was_edit and context.active_object.mode != "EDIT":
+                bpy.ops.object.mode_set(mode="EDIT")
+        if self.mode == "DISTANCE":
+            coll["da3_units"] = "metres (from a known distance)"
+        self.report({"INFO"}, f"{coll.name}: every length x {s:.6g}")
+        return {"FINISHED"}
+
+
+class DA3_PT_reconstruct(bpy.types.Panel):
+    bl_label = "Reconstruct"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DA3"
+    bl_parent_id = "DA3_PT_display"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.da3_reconstruct
+        layout.prop(settings, "source")
+        layout.prop(settings, "model")
+        col = layout.column(align=True)
+        for key in ("process_res", "process_res_method", "ref_view", "ray_pose", "threshold", "precision",
+                    "gaussians"):
+            col.prop(settings, key)
+        box = layout.box()
+        box.label(text="Video and long shots")
+        for key in ("frame_stride", "fps", "max_views", "chunk_overlap", "loop_closure", "animated"):
+            box.prop(settings, key)
+        box = layout.box()
+        box.label(text="Scale (metric models give metres)")
+        box.prop(settings, "scale")
+        row = layout.row(align=True)
+        for key in ("create_cameras", "create_points", "create_depth_meshes"):
+            row.prop(settings, key, toggle=True)
+        op = layout.operator(DA3_OT_reconstruct.bl_idname, text="Reconstruct", icon="PLAY")
+        op.use_panel = True
+        layout.label(text="Progress and ETA in the status bar; Esc cancels")
 
 
 class DA3_OT_stop_worker(bpy.types.Operator):
@@ -403,18 +578,21 @@ def _menu_import(self, context):
     self.layout.operator(DA3_OT_import_scene.bl_idname, text="DA3 Reconstruction (.npz, scene.json)")
 
 
-CLASSES = (DA3_OT_import_scene, DA3_FH_import_scene, DA3_OT_toggle_cameras, DA3_OT_reconstruct, DA3_OT_stop_worker,
-           DA3_OT_test_worker, DA3_AddonPreferences, DA3_PT_display)
+CLASSES = (DA3ReconstructSettings, DA3_OT_import_scene, DA3_FH_import_scene, DA3_OT_toggle_cameras,
+           DA3_OT_reconstruct, DA3_OT_rescale, DA3_OT_stop_worker, DA3_OT_test_worker, DA3_AddonPreferences,
+           DA3_PT_display, DA3_PT_reconstruct)
 
 
 def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    bpy.types.Scene.da3_reconstruct = bpy.props.PointerProperty(type=DA3ReconstructSettings)
     bpy.types.TOPBAR_MT_file_import.append(_menu_import)
 
 
 def unregister():
     stop_worker()
     bpy.types.TOPBAR_MT_file_import.remove(_menu_import)
+    del bpy.types.Scene.da3_reconstruct
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -149,3 +149,35 @@ class WorkerClient:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+class ProgressClock:
+    """Status-bar text with an ETA from a worker's progress events.
+
+    Each stage (``load``, ``preprocess``, ``predict`` ...) is timed from its first event; the
+    ETA of a stage is its elapsed time times (total - done) / done, so it needs one finished
+    step.  ``now`` is injectable for tests."""
+
+    def __init__(self) -> None:
+        self.stage: Optional[str] = None
+        self.start = 0.0
+
+    def text(self, event: dict, now: float) -> str:
+        stage = str(event.get("stage", ""))
+        total = max(1, int(event.get("total", 1) or 1))
+        done = min(total, max(0, int(event.get("done", 0) or 0)))
+        if stage != self.stage:
+            self.stage, self.start = stage, now
+        eta = ""
+        if 0 < done < total and now > self.start:
+            eta = f", ETA {format_seconds((now - self.start) * (total - done) / done)}"
+        message = str(event.get("message", "") or "")
+        return f"DA3 {stage}: {done}/{total}{eta}" + (f"  {message}" if message else "") + "  (Esc to cancel)"
+
+
+def format_seconds(seconds: float) -> str:
+    """``m:ss`` (or ``h:mm:ss``) of a duration."""
+    s = int(round(max(0.0, seconds)))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

@@ -193,6 +193,43 @@ def blender_camera_from_intrinsics(k: np.ndarray, width: int, height: int) -> di
     }
 
 
+def blender_frame_numbers(indices, kind: str) -> np.ndarray:
+    """Scene frame numbers (int64) of footage frames, as a Blender movie clip shows them.
+
+    A clip with ``frame_start = 1`` and ``frame_offset = 0`` shows its first frame at scene
+    frame 1: a video's 0-based frame ``i`` is scene frame ``i + 1``; an image sequence's file
+    number ``n`` (the clip loaded from the first view's file, number ``n0``) is scene frame
+    ``n - n0 + 1``.
+    """
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if kind == "video":
+        return idx + 1
+    if kind == "image_sequence":
+        return idx - (idx[0] if len(idx) else 0) + 1
+    raise ValueError(f"kind: expected 'video' or 'image_sequence', got {kind!r}")
+
+
+def blender_frame_rate(rate: float) -> Tuple[int, float]:
+    """Frames per second -> Blender's ``(render.fps, render.fps_base)``, ``fps / fps_base = rate``
+    (29.97 -> (30, 1.001)); an unknown rate (<= 0) gives (24, 1.0), Blender's default."""
+    rate = float(rate)
+    if not rate > 0 or not np.isfinite(rate):
+        return 24, 1.0
+    fps = max(1, int(round(rate)))
+    return fps, fps / rate
+
+
+def focal_varies(fx: np.ndarray, tolerance: float = 0.01) -> bool:
+    """True when focal lengths (pixels, one per frame) differ from their median by more than
+    ``tolerance`` of it (a zoom): the Blender camera's lens and shift are then animated; below,
+    one lens (the median frame's) serves every frame."""
+    fx = np.asarray(fx, dtype=np.float64).reshape(-1)
+    if len(fx) < 2:
+        return False
+    med = float(np.median(fx))
+    return bool(np.max(np.abs(fx - med)) > tolerance * abs(med))
+
+
 # --------------------------------------------------------------------------------------------
 # glTF
 # --------------------------------------------------------------------------------------------

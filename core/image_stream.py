@@ -257,6 +257,17 @@ def scan_video(path: Path, fps: Optional[float]) -> Tuple[List[int], Tuple[int, 
     return sample_frames(count_frames(path), native, fps), (h, w)
 
 
+def video_frame_rate(path: Path) -> float:
+    """The native frames per second a video declares (0.0 when it declares none)."""
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path))
+    try:
+        rate = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) if cap.isOpened() else 0.0
+    finally:
+        cap.release()
+    return rate if rate > 0 and rate < 1e4 else 0.0
+
+
 class FrameReader:
     """Decodes views one after another (:meth:`read`), keeping a video open between its
     frames: the frames of one video read in increasing order are each decoded once.  One

@@ -33,11 +33,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .image_stream import (DEFAULT_MAX_PIXELS, MIN_SIDE, FrameReader, ImageInputError, ImageRef, check_file,
-                           check_fps, check_size, scan_file, scan_video, decode_file, to_rgb_array)
+                           check_fps, check_size, scan_file, scan_video, decode_file, to_rgb_array,
+                           video_frame_rate)
 from .preprocess import ProcessedImage, check_method, crop_target, process_one, processed_size, resize_plan
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MIN_SIDE", "VIDEO_EXTENSIONS", "FrameReader", "ImageInputError",
-           "ImageRef", "ImageScan", "LoadedImage", "from_array", "is_video", "iter_processed", "list_images",
+           "ImageRef", "ImageScan", "LoadedImage", "frame_source", "from_array", "is_video", "iter_processed", "list_images",
            "load_image_file", "load_images", "load_processed", "read_image", "read_video_frames", "scan_images",
            "stream_target", "to_rgb_array"]
 
@@ -125,6 +126,43 @@ def from_array(arr: np.ndarray, name: str) -> LoadedImage:
 def _video_refs(path: Path, indices: Sequence[int], size_hw: Tuple[int, int]) -> List[ImageRef]:
     return [ImageRef(name=f"{path.stem}_{i:06d}", source=f"{path}#{i}", size_hw=size_hw, kind="video", frame=i)
             for i in indices]
+
+
+_FRAME_NUMBER = re.compile(r"(\d+)$")
+
+
+def frame_source(refs: Sequence[ImageRef]) -> dict:
+    """Where the views come from, when they are frames of one piece of footage: the scene
+    file's ``frame_source``, ``frame_source_kind``, ``frame_rate`` and ``frame_indices``
+    (:class:`~.options.SceneOptions`); ``{}`` otherwise.
+
+    Every view a frame of the same video: ``"video"``, its absolute path, the video's declared
+    rate, the 0-based frame indices.  Every view (two at least) a file of one folder whose name
+    ends in a number, the numbers increasing by one constant step (every frame, or every n-th):
+    ``"image_sequence"``, the folder, rate 0 (unknown), the numbers.  (Photos named in camera
+    order, ``IMG_0001.jpg`` ..., look like this too: the Blender import can be told to keep
+    them separate.)"""
+    if not refs:
+        return {}
+    if all(r.kind == "video" for r in refs):
+        paths = {r.path for r in refs}
+        if len(paths) != 1:
+            return {}
+        path = Path(next(iter(paths))).resolve()
+        return {"frame_source": str(path), "frame_source_kind": "video", "frame_rate": video_frame_rate(path),
+                "frame_indices": tuple(int(r.frame) for r in refs)}
+    if all(r.kind == "file" for r in refs):
+        folders = {str(Path(r.source).resolve().parent) for r in refs}
+        numbers = [_FRAME_NUMBER.search(Path(r.source).stem) for r in refs]
+        if len(folders) != 1 or not all(numbers):
+            return {}
+        values = [int(m.group(1)) for m in numbers]
+        steps = {b - a for a, b in zip(values, values[1:])}
+        if len(steps) != 1 or steps.pop() < 1:
+            return {}
+        return {"frame_source": folders.pop(), "frame_source_kind": "image_sequence", "frame_rate": 0.0,
+                "frame_indices": tuple(values)}
+    return {}
 
 
 def read_video_frames(path: Union[str, os.PathLike], fps: Optional[float] = 2.0,

@@ -36,6 +36,9 @@ LOOP_CLOSURES = ("auto", "off")
 """Loop closure on long inputs: ``auto`` looks for loops when a run takes three passes or more."""
 CAMERA_SOURCES = ("predicted", "input", "none")
 """Where a scene's cameras come from: the network, the user's poses, or nowhere (monocular)."""
+FRAME_SOURCE_KINDS = ("", "video", "image_sequence")
+"""What a scene's views are frames of: nothing known (photos), one video file, or one numbered
+image sequence (a folder of files whose names end in their frame number)."""
 
 
 def _opt(default, flag: Optional[str], help: str, choices: Optional[Tuple[str, ...]] = None):
@@ -157,6 +160,12 @@ class SceneOptions(ReconstructOptions):
                                           "kind (overlap or loop), views, residual, inlier ratio, used",
                                           "choices": None})
     alignment: str = _opt("single pass", None, "how the passes were joined")
+    frame_source: str = _opt("", None, "the video file or image-sequence folder the views are frames of ('' for "
+                                       "photos)")
+    frame_source_kind: str = _opt("", None, "'video', 'image_sequence' or '' (photos)", FRAME_SOURCE_KINDS)
+    frame_rate: float = _opt(0.0, None, "the footage's frames per second (0: unknown)")
+    frame_indices: Tuple[int, ...] = _opt((), None, "each view's frame: the 0-based frame of a video, the "
+                                                    "number in the file name of an image sequence")
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -168,6 +177,17 @@ class SceneOptions(ReconstructOptions):
         if not all(isinstance(j, Mapping) for j in self.joints or ()):
             raise OptionError("joints: expected a list of objects")
         object.__setattr__(self, "joints", tuple(dict(j) for j in (self.joints or ())))
+        _check_choice(self, "frame_source_kind", FRAME_SOURCE_KINDS)
+        if not isinstance(self.frame_source, str):
+            raise OptionError(f"frame_source: expected a path, got {self.frame_source!r}")
+        rate = self.frame_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (rate >= 0 and rate < float("inf")):
+            raise OptionError(f"frame_rate: expected a number >= 0, got {rate!r}")
+        object.__setattr__(self, "frame_rate", float(rate))
+        indices = tuple(self.frame_indices or ())
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices):
+            raise OptionError(f"frame_indices: expected integers >= 0, got {list(indices)[:5]!r}")
+        object.__setattr__(self, "frame_indices", indices)
         object.__setattr__(self, "extra", dict(self.extra or {}))
 
     @classmethod
@@ -273,10 +293,12 @@ def _from_plain(cls, name: str, value):
     if isinstance(value, float) and value.is_integer() and name in ("process_res", "max_views_per_pass",
                                                                     "chunk_overlap", "seed", "passes"):
         return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and name == "frame_rate":
+        return float(value)
     return value
 
 
 __all__ = [
-    "CAMERA_SOURCES", "LOOP_CLOSURES", "PATCH_SIZE", "PRECISIONS", "REF_VIEW_STRATEGIES", "RESIZE_METHODS", "ReconstructOptions",
+    "CAMERA_SOURCES", "FRAME_SOURCE_KINDS", "LOOP_CLOSURES", "PATCH_SIZE", "PRECISIONS", "REF_VIEW_STRATEGIES", "RESIZE_METHODS", "ReconstructOptions",
     "SceneOptions", "option_defaults",
 ]

@@ -33,7 +33,7 @@ from . import conventions as conv
 from .chunks import ChunkCache, chunk_ranges, default_overlap, input_identity, run_key
 from .errors import OptionError, UserInputError
 from .gaussian_sets import transform_gaussians
-from .images import ImageScan, LoadedImage, load_processed, scan_images, stream_target
+from .images import ImageScan, LoadedImage, frame_source, load_processed, scan_images, stream_target
 from .model.predictor import DA3Predictor, normalize_extrinsics
 from .options import REF_VIEW_STRATEGIES, ReconstructOptions, SceneOptions
 from .precision import backbone_precision, model_precision, resolve_precision
@@ -275,6 +275,7 @@ def _reconstruct(model, predictor, opts, scan, ext_all, ext_some, k_in, report, 
         joints=tuple(j.record() for j in res.joints),
         image_files=tuple(Path(r.source).name if r.kind == "file" else "" for r in refs),
         skipped_files=tuple(f"{Path(p).name}: {why}" for p, why in scan.skipped),
+        **frame_source(refs),
     )
     if writer is not None:
         writer.set_cameras(extrinsics=res.extrinsics, intrinsics=res.intrinsics,

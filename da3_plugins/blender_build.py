@@ -1,7 +1,7 @@
 """Build the Blender extension zip from ``blender_addon/`` (``da3p blender build``).
 
 The core's numpy-only modules (``conventions.py``, ``quaternions.py``, ``points.py``,
-``seeds.py``, ``reconstruction.py``, ``scene_io.py``) and pure-Python
+``seeds.py``, ``reconstruction.py``, ``scene_io.py``, ``metric_scale.py``) and pure-Python
 modules (``errors.py``, ``options.py``, ``model_source.py``) are copied into the extension's
 ``_vendor/`` unchanged: one source of truth for the scene file, the camera conventions, the
 reconstruction options and what a model name means.  The zip has the manifest at its root,
@@ -20,7 +20,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 ADDON = ROOT / "blender_addon"
 VENDORED = ("conventions.py", "quaternions.py", "points.py", "seeds.py", "reconstruction.py", "scene_io.py",
-            "errors.py", "options.py", "model_source.py")
+            "metric_scale.py", "errors.py", "options.py", "model_source.py")
 
 
 def _manifest_field(text: str, key: str) -> str:

@@ -116,7 +116,7 @@ def test_no_source_file_is_over_600_lines():
 
 PURE_PYTHON = ("errors", "options", "model_source")
 """Standard library only: the Blender extension vendors them."""
-NUMPY_ONLY = ("conventions", "points", "quaternions", "seeds", "reconstruction", "scene_io")
+NUMPY_ONLY = ("conventions", "points", "quaternions", "seeds", "reconstruction", "scene_io", "metric_scale")
 """numpy and the modules above only: the Blender extension vendors them too."""
 HOST_TOOLS = ("bpy", "mathutils", "open3d", "nerfstudio", "gsplat", "tyro")
 

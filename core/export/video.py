@@ -48,6 +48,45 @@ def camera_path(w2c: np.ndarray, frames: int) -> np.ndarray:
     return np.stack(out)
 
 
+def write_video(path: PathLike, frames, fps: float = 24.0) -> Path:
+    """RGB uint8 frames (an iterable of (H, W, 3), all one size) into an .mp4 (OpenCV, mp4v),
+    written atomically: footage for tests and examples (a synthetic camera's video)."""
+    import cv2
+
+    if not fps > 0:
+        raise ValueError(f"fps: expected a positive number, got {fps}")
+    path = Path(path)
+    count = 0
+    with atomic_path(path) as tmp:
+        mp4 = tmp.with_suffix(".mp4")  # OpenCV picks the container from the name
+        writer = None
+        try:
+            for frame in frames:
+                frame = np.asarray(frame)
+                if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                    raise ValueError(f"{path}: frame {count}: expected (H, W, 3) uint8, got {frame.dtype} {frame.shape}")
+                if writer is None:
+                    size = (frame.shape[1], frame.shape[0])
+                    writer = cv2.VideoWriter(str(mp4), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
+                    if not writer.isOpened():
+                        raise RuntimeError(f"{path}: OpenCV cannot write mp4 videos here")
+                elif (frame.shape[1], frame.shape[0]) != size:
+                    raise ValueError(f"{path}: frame {count} is {frame.shape[1]}x{frame.shape[0]}, the first "
+                                     f"{size[0]}x{size[1]}")
+                writer.write(np.ascontiguousarray(frame[..., ::-1]))
+                count += 1
+            if writer is None:
+                raise ValueError(f"{path}: no frames to write")
+        except BaseException:
+            if writer is not None:
+                writer.release()
+            mp4.unlink(missing_ok=True)
+            raise
+        writer.release()
+        os.replace(mp4, tmp)
+    return path
+
+
 def write_gaussian_video(path: PathLike, rec: Reconstruction, *, frames: int = 48, fps: int = 24,
                          scale: float = 0.5, background=(0.0, 0.0, 0.0), device: str = "cpu",
                          progress: Optional[Callable[[int, int], None]] = None) -> Path:

@@ -49,12 +49,12 @@ ground-truth predictor, image features); each imports only the ones before it.
 
 from .raycast import Box, Lighting, Material, Primitive, Quad, Sphere, cast_rays, render, room_quads
 from .scene import SceneConfig, SyntheticScene, generate_scene, look_at, make_scene, ray_map
-from .trajectories import ate, covisibility, loop_trajectory, make_long_scene, open_trajectory
+from .trajectories import ate, covisibility, loop_trajectory, make_long_scene, make_shot, open_trajectory
 from .predictor import GroundTruthPredictor, image_features
 
 __all__ = [
     "Material", "Lighting", "Quad", "Box", "Sphere", "Primitive", "room_quads", "cast_rays", "render",
     "SceneConfig", "SyntheticScene", "ray_map", "look_at", "generate_scene", "make_scene",
-    "loop_trajectory", "open_trajectory", "make_long_scene", "covisibility", "ate",
+    "loop_trajectory", "open_trajectory", "make_long_scene", "make_shot", "covisibility", "ate",
     "GroundTruthPredictor", "image_features",
 ]

@@ -163,6 +163,24 @@ def make_long_scene(trajectory: str = "loop", n: int = 240, height: int = 126, w
     return scene, ext, ks, images, depth
 
 
+def make_shot(n: int = 24, height: int = 126, width: int = 168, seed: int = 0, turn_deg: float = 90.0,
+              fov_deg: float = 60.0, **scene_options
+              ) -> Tuple[SyntheticScene, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A camera shot: ``n`` frames of a camera moving ``turn_deg`` along the ring of
+    :func:`loop_trajectory` (a dolly round the room's objects), rendered like
+    :func:`make_long_scene` and returned in its layout (scene, extrinsics, intrinsics, images,
+    depth): footage with a known camera for every frame (the Blender camera-tracking tests)."""
+    n = _check_n(n)
+    base = make_scene("room", num_views=1, height=height, width=width, fov_deg=fov_deg, seed=seed, **scene_options)
+    steps = max(n, int(round(n * 360.0 / float(turn_deg))))
+    ext = loop_trajectory(base, steps)[:n]
+    ks = np.tile(base.config.intrinsics, (n, 1, 1))
+    images, depth = base.render_views(ext, ks, height=height, width=width)
+    scene = dataclasses.replace(base, images=images, depth=depth, extrinsics=ext[:, :3, :].copy(), intrinsics=ks,
+                                primitive_index=None, config=dataclasses.replace(base.config, num_views=n))
+    return scene, ext, ks, images, depth
+
+
 # --------------------------------------------------------------------------- measures
 
 
@@ -224,4 +242,4 @@ def ate(pred_w2c: np.ndarray, true_w2c: np.ndarray) -> float:
     return 100.0 * float(np.sqrt((err**2).sum(1).mean())) / length
 
 
-__all__ = ["TRAJECTORIES", "loop_trajectory", "open_trajectory", "make_long_scene", "covisibility", "ate"]
+__all__ = ["TRAJECTORIES", "loop_trajectory", "open_trajectory", "make_long_scene", "make_shot", "covisibility", "ate"]
