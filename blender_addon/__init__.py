@@ -46,6 +46,9 @@ class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
     animated: BoolProperty(name="Animated Camera", default=True,
                            description="A scene made from a video or image sequence becomes one camera keyed on "
                                        "every frame, with the footage as its background; off: one camera per view")
+    image_sequence: BoolProperty(name="Image Sequence", default=False,
+                                 description="A scene made from numbered image files is footage too (one animated "
+                                             "camera); off: numbered photos stay separate cameras")
     stride: IntProperty(name="Pixel Stride", default=1, min=1, max=64,
                         description="Use every n-th pixel of each depth map")
     threshold_mode: EnumProperty(
@@ -72,7 +75,7 @@ class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
             coll = build_scene(rec, path.stem, context=context, cameras=self.cameras, points=self.points,
                                background=self.background, stride=self.stride, conf_threshold=conf,
                                depth_meshes=self.depth_meshes, gaussians=self.gaussians, animated=self.animated,
-                               mesh_every=self.mesh_every)
+                               sequences=self.image_sequence, mesh_every=self.mesh_every)
         except Exception as exc:  # report, leave the scene as it was (build_scene cleans up)
             self.report({"ERROR"}, f"{path.name}: import failed: {type(exc).__name__}: {exc}")
             return {"CANCELLED"}
@@ -248,7 +251,10 @@ def _reconstruct_settings():
                                description="Multiply every length of the result (metric models already give "
                                            "metres; for the others, or use Rescale after import)"),
         "animated": BoolProperty(name="Animated Camera", default=True,
-                                 description="A video or image sequence becomes one camera keyed on every frame"),
+                                 description="A video becomes one camera keyed on every frame"),
+        "image_sequence": BoolProperty(name="Image Sequence", default=False,
+                                       description="The folder is an image sequence (numbered frames of one shot): "
+                                                   "one animated camera too; off: separate cameras"),
         "create_cameras": BoolProperty(name="Cameras", default=True),
         "create_points": BoolProperty(name="Point Cloud", default=True),
         "create_depth_meshes": BoolProperty(name="Depth Meshes", default=False),
@@ -369,7 +375,8 @@ class DA3_OT_reconstruct(bpy.types.Operator):
                 name = os.path.splitext(name)[0] or name
             build_scene(rec, name, context=context, conf_threshold=self.threshold or None,
                         cameras=self.create_cameras, points=self.create_points,
-                        depth_meshes=self.create_depth_meshes, gaussians=self.gaussians, animated=self.animated)
+                        depth_meshes=self.create_depth_meshes, gaussians=self.gaussians, animated=self.animated,
+                        sequences=self.image_sequence)
             self.report({"INFO"}, f"Reconstructed {len(rec)} views of {name}")
             return {"FINISHED"}
         finally:
@@ -509,7 +516,8 @@ class DA3_PT_reconstruct(bpy.types.Panel):
             col.prop(settings, key)
         box = layout.box()
         box.label(text="Video and long shots")
-        for key in ("frame_stride", "fps", "max_views", "chunk_overlap", "loop_closure", "animated"):
+        for key in ("frame_stride", "fps", "max_views", "chunk_overlap", "loop_closure", "animated",
+                    "image_sequence"):
             box.prop(settings, key)
         box = layout.box()
         box.label(text="Scale (metric models give metres)")

@@ -407,14 +407,16 @@ def set_threshold(obj, value: float) -> None:
 
 def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool = True, points: bool = True,
                 background: bool = True, stride: int = 1, conf_threshold=None, depth_meshes: bool = False,
-                mesh_stride: int = 2, gaussians: bool = True, animated: bool = True, mesh_every: int = 1,
-                focal_tolerance: float = FOCAL_TOLERANCE):
+                mesh_stride: int = 2, gaussians: bool = True, animated: bool = True, sequences: bool = False,
+                mesh_every: int = 1, focal_tolerance: float = FOCAL_TOLERANCE):
     """Create a collection ``name`` holding the cameras and the point cloud of ``rec``.
 
-    A scene made from a video or an image sequence (``rec.frames``), with ``animated``, gets one
-    camera keyed on every reconstructed frame, the footage as its background movie clip, and
-    the scene's frame range, frame rate and render size from the footage; other scenes (and
-    older files) one camera per view.  Depth meshes for every ``mesh_every``-th view.
+    A scene made from a video (``rec.frames``), with ``animated``, gets one camera keyed on every
+    reconstructed frame, the footage as its background movie clip, and the scene's frame range,
+    frame rate and render size from the footage; so does an image sequence with ``sequences``
+    as well (numbered photos look like one, so they stay separate cameras unless asked).  Other
+    scenes (and older files) get one camera per view.  Depth meshes for every
+    ``mesh_every``-th view.
 
     Returns the collection.  On any error everything created so far is removed again.
     """
@@ -434,7 +436,8 @@ def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool =
         coll["da3_units"] = "metres" if rec.is_metric else "relative"
         coll["da3_camera_source"] = rec.camera_source
         coll["da3_options"] = str(rec.options)
-        if cameras and animated and rec.frames is not None:
+        src = rec.frames
+        if cameras and animated and src is not None and (src.kind == "video" or sequences):
             _footage_camera(f"{name} camera", rec, coll, context, background, focal_tolerance)
         elif cameras:
             for i in range(rec.num_views):

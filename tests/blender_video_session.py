@@ -149,7 +149,12 @@ def main(zip_path: str, work: str) -> dict:
     out["depth_mesh_ratio_error"] = float(np.abs(d1 - 3 * d0).max() / max(1e-9, np.abs(d0).max()))
 
     # --- an image sequence (every 2nd file, numbered from 1): keys where the clip shows them
+    # numbered files stay separate cameras unless asked
     bpy.ops.import_scene.da3_npz(filepath=str(work / "sequence.npz"), threshold_mode="NONE", points=False)
+    out["sequence_default_cameras"] = sum(o.type == "CAMERA" for o in bpy.data.collections["sequence"].objects)
+    bpy.data.collections["sequence"].name = "sequence as photos"
+    bpy.ops.import_scene.da3_npz(filepath=str(work / "sequence.npz"), threshold_mode="NONE", points=False,
+                                 image_sequence=True)
     seq_cam = next(o for o in bpy.data.collections["sequence"].objects if o.type == "CAMERA")
     seq_bg = seq_cam.data.background_images[0]
     out["sequence"] = {

@@ -144,6 +144,7 @@ def test_the_footage_is_the_cameras_background_in_sync(session):
     assert bg["clip_frame_start"] == 1 and bg["clip_frame_offset"] == 0
     assert bg["clip_frames"] == N_FRAMES and bg["clip_size"] == [168, 126]
     seq = session["sequence"]
+    assert session["sequence_default_cameras"] == N_FRAMES // 2  # numbered photos look alike: off by default
     assert seq["cameras"] == 1 and seq["key_frames"] == list(range(1, N_FRAMES + 1, 2))
     assert seq["clip_source"] == "SEQUENCE" and seq["clip_file"].endswith("frame_0001.png")
     assert seq["clip_frame_start"] == 1 and seq["frame_range"] == [1, N_FRAMES - 1]

@@ -72,7 +72,8 @@ def test_scene_options_read_old_and_foreign_files():
     assert s.camera_source == "input" and s.image_files == ("a.jpg", "") and s.max_views_per_pass == 64
     assert s["camera_source"] == "input" and s.get("image_files") == ["a.jpg", ""] and s.get("nope", 1) == 1
     new_fields = {"precision": None, "loop_closure": "auto", "fast_decode": False, "skip_unreadable": False,
-                  "skipped_files": [], "joints": [], "alignment": "single pass"}
+                  "skipped_files": [], "joints": [], "alignment": "single pass", "frame_source": "",
+                  "frame_source_kind": "", "frame_rate": 0.0, "frame_indices": []}
     assert s.to_saved() == {**old, **new_fields}
     odd = SceneOptions.from_saved({"process_res": "big", "x": [1, 2], "camera_source": "martian"})
     assert odd.process_res == 504 and odd.camera_source == "predicted"
