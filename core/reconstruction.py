@@ -381,6 +381,12 @@ class Reconstruction:
         Two passes view by view, holding only the sample (a scene of memory maps stays on disk):
         the first counts (from the masks; positions are computed only when they might overflow
         to inf), the second back-projects the picked pixels only."""
+        return self._sample_points(max_points, conf_threshold, stride, seed, finite, True)
+
+    def _sample_points(self, max_points: int, conf_threshold, stride: int, seed: int, finite: bool,
+                       attributes: bool) -> Tuple[PointCloud, int]:
+        """:meth:`sample_points`; ``attributes=False`` leaves the sample's confidence and view
+        empty (length 0), for writers that need only positions and colours (less memory)."""
         thr, stride, idx = self._point_args(conf_threshold, stride, None)
         geo = _ViewGeometry(self, idx, stride)
 
@@ -394,7 +400,7 @@ class Reconstruction:
         counts = [len(indices(j)) for j in range(len(idx))]
         total = int(sum(counts))
         pick = sample_indices(total, int(max_points), seed) if total > max_points else None
-        out = _empty_cloud(total if pick is None else len(pick))
+        out = _empty_cloud(total if pick is None else len(pick), attributes)
         start = at = 0
         for j in range(len(idx)):
             lo, hi = (0, counts[j]) if pick is None else np.searchsorted(pick, [start, start + counts[j]])
@@ -524,6 +530,8 @@ class _ViewGeometry:
         rows = slice(start, start + len(index))
         points_of_pixels(self.depth(j), self.mt[j], self.centre[j], self.pix, index, out=out.positions[rows])
         np.take(rec.images[i, ::s, ::s].reshape(-1, 3), index, axis=0, out=out.colors[rows], mode="clip")
+        if len(out.view) == 0:  # a sample without attributes (Reconstruction._sample_points)
+            return
         if rec.conf is not None:
             np.take(rec.conf[i, ::s, ::s].reshape(-1), index, out=out.confidence[rows], mode="clip")
         else:
@@ -531,9 +539,11 @@ class _ViewGeometry:
         out.view[rows] = i
 
 
-def _empty_cloud(n: int) -> PointCloud:
-    return PointCloud(np.empty((n, 3), np.float32), np.empty((n, 3), np.uint8), np.empty(n, np.float32),
-                      np.empty(n, np.int32))
+def _empty_cloud(n: int, attributes: bool = True) -> PointCloud:
+    """Positions and colours of ``n`` points, and their confidence and view unless ``attributes`` is False."""
+    m = n if attributes else 0
+    return PointCloud(np.empty((n, 3), np.float32), np.empty((n, 3), np.uint8), np.empty(m, np.float32),
+                      np.empty(m, np.int32))
 
 
 def _subset(c: PointCloud, sel) -> PointCloud:

@@ -117,7 +117,8 @@ def frustum_segments(rec: Reconstruction, size: float) -> np.ndarray:
 def _points(rec: Reconstruction, conf_threshold, stride: int, max_points: int,
             seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """(P, 3) float32 world points and (P, 3) uint8 colours, filtered, finite, subsampled."""
-    cloud, total = rec.sample_points(max_points, conf_threshold, stride, seed, finite=True)  # view by view
+    # view by view; the sample's confidence and view index are not needed here
+    cloud, total = rec._sample_points(max_points, conf_threshold, stride, seed, True, attributes=False)
     if total == 0:
         raise OptionError(f"conf_threshold: no point passes the filters (threshold {conf_threshold!r}); lower it")
     return cloud.positions, cloud.colors
