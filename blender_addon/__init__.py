@@ -116,7 +116,6 @@ class DA3_PT_display(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         layout.operator(DA3_OT_import_scene.bl_idname, icon="IMPORT")
-        layout.operator("da3.reconstruct", icon="IMAGE_DATA")
         layout.operator("da3.stop_worker", icon="CANCEL")
         obj = _da3_points(context)
         if obj is None:
@@ -258,6 +257,8 @@ def _reconstruct_settings():
         "create_cameras": BoolProperty(name="Cameras", default=True),
         "create_points": BoolProperty(name="Point Cloud", default=True),
         "create_depth_meshes": BoolProperty(name="Depth Meshes", default=False),
+        "mesh_every": IntProperty(name="Depth Mesh Every", default=1, min=1,
+                                  description="A depth mesh for every n-th view (keyframes of a video)"),
     }
 
 
@@ -376,7 +377,7 @@ class DA3_OT_reconstruct(bpy.types.Operator):
             build_scene(rec, name, context=context, conf_threshold=self.threshold or None,
                         cameras=self.create_cameras, points=self.create_points,
                         depth_meshes=self.create_depth_meshes, gaussians=self.gaussians, animated=self.animated,
-                        sequences=self.image_sequence)
+                        sequences=self.image_sequence, mesh_every=self.mesh_every)
             self.report({"INFO"}, f"Reconstructed {len(rec)} views of {name}")
             return {"FINISHED"}
         finally:
@@ -525,6 +526,8 @@ class DA3_PT_reconstruct(bpy.types.Panel):
         row = layout.row(align=True)
         for key in ("create_cameras", "create_points", "create_depth_meshes"):
             row.prop(settings, key, toggle=True)
+        if settings.create_depth_meshes:
+            layout.prop(settings, "mesh_every")
         op = layout.operator(DA3_OT_reconstruct.bl_idname, text="Reconstruct", icon="PLAY")
         op.use_panel = True
         layout.label(text="Progress and ETA in the status bar; Esc cancels")

@@ -167,6 +167,18 @@ def main(zip_path: str, work: str) -> dict:
                                                  truth["seq_pixels"], w, h),
     }
 
+    # --- a zoom: the lens is keyed too
+    bpy.ops.import_scene.da3_npz(filepath=str(work / "zoom.npz"), threshold_mode="NONE", points=False)
+    zoom_cam = next(o for o in bpy.data.collections["zoom"].objects if o.type == "CAMERA")
+    lens_curves = [fc for fc in _fcurves(zoom_cam.data.animation_data) if fc.data_path == "lens"]
+    lens = [k.co[1] for k in lens_curves[0].keyframe_points] if lens_curves else [1.0]
+    out["zoom"] = {
+        "lens_animated": zoom_cam.data.animation_data is not None, "lens_keys": len(lens),
+        "lens_last_over_first": lens[-1] / lens[0],
+        "projection_error_px": projection_errors(scene, zoom_cam, frames, truth["zoom_points_blender"],
+                                                 truth["zoom_pixels"], w, h),
+    }
+
     # --- an older scene file (no frame fields) still imports as separate cameras
     bpy.ops.import_scene.da3_npz(filepath=str(work / "old.npz"), threshold_mode="NONE", points=False)
     old = bpy.data.collections["old"]

@@ -74,7 +74,16 @@ def session(tmp_path_factory):
     pix, z = _pixels(ext, ks, world)
     keep = (z > 0.2).all(0) & (pix > 1).all((0, 2)) & (pix[..., 0] < 167).all(0) & (pix[..., 1] < 125).all(0)
     world, pix = world[keep][:150], pix[:, keep][:, :150]
+    # a zoom: the focal length grows 30 % over the shot (the same camera path)
+    zoom_ks = ks.copy()
+    zoom_ks[:, :2, :2] *= np.linspace(1.0, 1.3, N_FRAMES)[:, None, None]
+    zoom_images, zoom_depth = scene.render_views(ext, zoom_ks)
+    write_video(work / "zoom.mp4", zoom_images, fps=FPS)
+    zoom = reconstruct(GroundTruthPredictor(ext, zoom_ks, zoom_depth), work / "zoom.mp4", fps=None, process_res=168)
+    zoom.save(work / "zoom.npz")
+    zoom_pix, _ = _pixels(ext, zoom_ks, world)
     np.savez(work / "truth.npz", frames=np.arange(1, N_FRAMES + 1), pixels=pix,
+             zoom_pixels=zoom_pix, zoom_points_blender=conv.points_to_blender(_in_reconstruction_frame(zoom, ext, world)),
              points_blender=conv.points_to_blender(_in_reconstruction_frame(rec, ext, world)),
              seq_frames=np.arange(1, N_FRAMES + 1, 2), seq_pixels=pix[::2],
              seq_points_blender=conv.points_to_blender(_in_reconstruction_frame(seq, ext[::2], world)))
@@ -126,6 +135,14 @@ def test_every_frame_projects_true_points_to_true_pixels(session):
           f"(image sequence: {session['sequence']['projection_error_px']:.2e} px)")
     assert session["projection_error_px"] < 0.01
     assert session["sequence"]["projection_error_px"] < 0.01
+
+
+def test_a_zoom_animates_the_lens_and_stays_exact(session):
+    zoom = session["zoom"]
+    assert zoom["lens_animated"] and zoom["lens_keys"] == N_FRAMES
+    assert zoom["lens_last_over_first"] == pytest.approx(1.3, rel=1e-6)
+    print(f"zoom: max projection error {zoom['projection_error_px']:.2e} px")
+    assert zoom["projection_error_px"] < 0.01
 
 
 def test_frame_range_rate_and_resolution_are_the_videos(session):
