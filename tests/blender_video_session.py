@@ -167,6 +167,16 @@ def main(zip_path: str, work: str) -> dict:
                                                  truth["seq_pixels"], w, h),
     }
 
+    # --- footage larger than the network's pictures: the camera at the footage's size
+    bpy.ops.import_scene.da3_npz(filepath=str(work / "lowres.npz"), threshold_mode="NONE", points=False)
+    low_cam = next(o for o in bpy.data.collections["lowres"].objects if o.type == "CAMERA")
+    out["lowres"] = {
+        "resolution": [scene.render.resolution_x, scene.render.resolution_y],
+        "pixel_aspect": [scene.render.pixel_aspect_x, scene.render.pixel_aspect_y],
+        "projection_error_px": projection_errors(scene, low_cam, frames, truth["low_points_blender"], truth["pixels"],
+                                                 scene.render.resolution_x, scene.render.resolution_y),
+    }
+
     # --- a zoom: the lens is keyed too
     bpy.ops.import_scene.da3_npz(filepath=str(work / "zoom.npz"), threshold_mode="NONE", points=False)
     zoom_cam = next(o for o in bpy.data.collections["zoom"].objects if o.type == "CAMERA")

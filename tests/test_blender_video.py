@@ -74,6 +74,14 @@ def session(tmp_path_factory):
     pix, z = _pixels(ext, ks, world)
     keep = (z > 0.2).all(0) & (pix > 1).all((0, 2)) & (pix[..., 0] < 167).all(0) & (pix[..., 1] < 125).all(0)
     world, pix = world[keep][:150], pix[:, keep][:, :150]
+    # the usual case: the network sees smaller pictures than the footage (84 x 70 of 168 x 126,
+    # not even the same aspect); the camera must still fit the footage's own pixels
+    low_ks = conv.rescale_intrinsics(ks, (126, 168), (70, 84))
+    _, low_depth = scene.render_views(ext, low_ks, height=70, width=84)
+    low = reconstruct(GroundTruthPredictor(ext, low_ks, low_depth), work / "shot.mp4", fps=None, process_res=84)
+    assert low.images.shape[1:3] == (70, 84)
+    low.save(work / "lowres.npz")
+
     # a zoom: the focal length grows 30 % over the shot (the same camera path)
     zoom_ks = ks.copy()
     zoom_ks[:, :2, :2] *= np.linspace(1.0, 1.3, N_FRAMES)[:, None, None]
@@ -83,6 +91,7 @@ def session(tmp_path_factory):
     zoom.save(work / "zoom.npz")
     zoom_pix, _ = _pixels(ext, zoom_ks, world)
     np.savez(work / "truth.npz", frames=np.arange(1, N_FRAMES + 1), pixels=pix,
+             low_points_blender=conv.points_to_blender(_in_reconstruction_frame(low, ext, world)),
              zoom_pixels=zoom_pix, zoom_points_blender=conv.points_to_blender(_in_reconstruction_frame(zoom, ext, world)),
              points_blender=conv.points_to_blender(_in_reconstruction_frame(rec, ext, world)),
              seq_frames=np.arange(1, N_FRAMES + 1, 2), seq_pixels=pix[::2],
@@ -135,6 +144,13 @@ def test_every_frame_projects_true_points_to_true_pixels(session):
           f"(image sequence: {session['sequence']['projection_error_px']:.2e} px)")
     assert session["projection_error_px"] < 0.01
     assert session["sequence"]["projection_error_px"] < 0.01
+
+
+def test_footage_larger_than_the_networks_pictures_is_exact_at_its_own_size(session):
+    low = session["lowres"]
+    assert low["resolution"] == [168, 126] and low["pixel_aspect"] == [1.0, 1.0]
+    print(f"84 x 70 network input, 168 x 126 footage: max projection error {low['projection_error_px']:.2e} px")
+    assert low["projection_error_px"] < 0.01
 
 
 def test_a_zoom_animates_the_lens_and_stays_exact(session):
