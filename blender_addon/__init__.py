@@ -18,6 +18,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 from bpy_extras.io_utils import ImportHelper
 
 from ._vendor.model_source import DEFAULT_MODEL, EMBEDDED, classify_model_source
+from .footage import DA3_OT_rescale
 from .worker_client import ProgressClock
 from ._vendor.options import (LOOP_CLOSURES, PRECISIONS, REF_VIEW_STRATEGIES, RESIZE_METHODS, ReconstructOptions,
                                option_defaults)
@@ -447,56 +448,6 @@ class DA3_OT_reconstruct(bpy.types.Operator):
             context.window_manager.progress_update(int(100 * ev.get("done", 0) / total))
             context.workspace.status_text_set(self._clock.text(ev, time.monotonic()))
         return show
-
-
-class DA3_OT_rescale(bpy.types.Operator):
-    """Rescale the active DA3 reconstruction (cameras, points, depth meshes, Gaussians) about the world origin; every camera keeps its picture"""
-
-    bl_idname = "da3.rescale"
-    bl_label = "Rescale Reconstruction"
-    bl_options = {"REGISTER", "UNDO"}
-
-    mode: EnumProperty(name="By", default="DISTANCE", items=[
-        ("DISTANCE", "Known Distance", "The two selected points (vertices in Edit Mode, or objects) are this far apart"),
-        ("FACTOR", "Factor", "Multiply every length by a factor")])
-    length: FloatProperty(name="Distance", default=1.0, min=1e-9, subtype="DISTANCE", unit="LENGTH",
-                          description="The true distance between the two selected points (metres)")
-    factor: FloatProperty(name="Factor", default=1.0, min=1e-9)
-
-    @classmethod
-    def poll(cls, context):
-        from .importer import da3_collection
-
-        return da3_collection(context.active_object) is not None
-
-    def execute(self, context):
-        from .importer import da3_collection, rescale_collection, selected_points
-        from ._vendor.metric_scale import factor_for_distance
-
-        coll = da3_collection(context.active_object)
-        if coll is None:
-            self.report({"ERROR"}, "Select an object of an imported DA3 reconstruction first")
-            return {"CANCELLED"}
-        was_edit = context.active_object.mode == "EDIT"
-        try:
-            if self.mode == "DISTANCE":
-                a, b = selected_points(context)
-                s = factor_for_distance(a, b, self.length)
-            else:
-                s = float(self.factor)
-            if was_edit:
-                bpy.ops.object.mode_set(mode="OBJECT")
-            rescale_collection(coll, s)
-        except ValueError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        finally:
-            if was_edit and context.active_object.mode != "EDIT":
-                bpy.ops.object.mode_set(mode="EDIT")
-        if self.mode == "DISTANCE":
-            coll["da3_units"] = "metres (from a known distance)"
-        self.report({"INFO"}, f"{coll.name}: every length x {s:.6g}")
-        return {"FINISHED"}
 
 
 class DA3_PT_reconstruct(bpy.types.Panel):
