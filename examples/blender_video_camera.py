@@ -4,8 +4,9 @@
 
 1. Films a synthetic room with a moving camera (``core.synthetic.make_shot``) and writes the
    footage as an mp4 (``core.export.video.write_video``).
-2. Makes its scene file: the ground truth of the shot (what a perfect DA3 run would give) with
-   the frame-source fields the reconstruct path records (the video, its rate, the frame indices).
+2. Reconstructs the mp4 through the real pipeline with the ground-truth predictor (what a
+   perfect DA3 would predict, in its frame: the first view's camera, unit scale), which records
+   where the frames came from (the video, its rate, the frame indices) in the scene file.
 3. In Blender (the ``bpy`` module): installs the add-on built from this checkout, imports the
    scene file (one camera keyed on every frame, the footage as its background clip), puts a CG
    object on the floor with a shadow catcher, and renders one frame with Cycles.
@@ -31,17 +32,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_footage(work: Path, frames: int, height: int, width: int):
     from da3_plugins.core.export.video import write_video
-    from da3_plugins.core.options import SceneOptions
-    from da3_plugins.core.synthetic import make_shot
+    from da3_plugins.core.pipeline import reconstruct
+    from da3_plugins.core.synthetic import GroundTruthPredictor, make_shot
 
     scene, ext, ks, images, depth = make_shot(frames, height=height, width=width, seed=3, turn_deg=60)
     video = write_video(work / "shot.mp4", images, fps=24)
-    rec = scene.to_reconstruction()
-    rec.options = SceneOptions.from_saved({**rec.options.to_saved(), "frame_source": str(video.resolve()),
-                                           "frame_source_kind": "video", "frame_rate": 24.0,
-                                           "frame_indices": list(range(frames))})
+    rec = reconstruct(GroundTruthPredictor(ext, ks, depth), video, fps=None, process_res=max(height, width))
     rec.save(work / "shot.npz")
-    return scene, video
+    return scene, video, rec
+
+
+def to_reconstruction_frame(scene, rec):
+    """The similarity from the synthetic world to the reconstruction's: (scale s, rotation R, t)
+    with x_rec = s (R x + t) (the first view's camera frame, scale read off the camera centres)."""
+    from da3_plugins.core import conventions as conv
+
+    true_c, rec_c = conv.camera_centers(scene.extrinsics), rec.camera_centers
+    s = float(np.median(np.linalg.norm(rec_c[1:] - rec_c[0], axis=1) / np.linalg.norm(true_c[1:] - true_c[0], axis=1)))
+    return s, scene.extrinsics[0][:, :3], scene.extrinsics[0][:, 3]
 
 
 def free_floor_spot(scene, views, floor_y: float, radius: float) -> np.ndarray:
@@ -85,7 +93,7 @@ def free_floor_spot(scene, views, floor_y: float, radius: float) -> np.ndarray:
     return best
 
 
-def render_in_blender(work: Path, zip_path: Path, frames, floor_point_cv: np.ndarray, size: float):
+def render_in_blender(work: Path, zip_path: Path, frames, floor_point_cv: np.ndarray, up_cv: np.ndarray, size: float):
     import bpy
 
     from da3_plugins.core import conventions as conv
@@ -98,9 +106,13 @@ def render_in_blender(work: Path, zip_path: Path, frames, floor_point_cv: np.nda
     for obj in coll.objects:
         if obj.type == "MESH":
             obj.hide_render = True  # the reconstruction guides, the footage is the picture
-    # the CG: a metallic sphere standing on the floor, and a shadow catcher under it
+    # the CG: a metallic sphere standing on the floor, and a shadow catcher under it (the floor is
+    # not level in the reconstruction's frame: "up" is the first camera's)
+    from mathutils import Vector
+
     floor = conv.points_to_blender(floor_point_cv[None])[0]
-    bpy.ops.mesh.primitive_uv_sphere_add(radius=size, location=(floor[0], floor[1], floor[2] + size), segments=48,
+    up = Vector(conv.points_to_blender(up_cv[None])[0].tolist()).normalized()
+    bpy.ops.mesh.primitive_uv_sphere_add(radius=size, location=tuple(floor + size * np.array(up)), segments=48,
                                          ring_count=24)
     ball = bpy.context.active_object
     bpy.ops.object.shade_smooth()
@@ -113,6 +125,8 @@ def render_in_blender(work: Path, zip_path: Path, frames, floor_point_cv: np.nda
     ball.data.materials.append(mat)
     bpy.ops.mesh.primitive_plane_add(size=size * 12, location=tuple(floor))
     catcher = bpy.context.active_object
+    catcher.rotation_mode = "QUATERNION"
+    catcher.rotation_quaternion = up.to_track_quat("Z", "Y")
     catcher.is_shadow_catcher = True
     sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
     sun.data.energy = 3.0
@@ -153,13 +167,15 @@ def main(argv=None) -> int:
 
         zip_path = build_extension(work / "dist")
         frames, height, width = 24, 378, 504
-        scene, video = make_footage(work, frames, height, width)
+        scene, video, rec = make_footage(work, frames, height, width)
         # a spot on the floor (world y down: the floor is the plane y = floor_y) seen at pixel
         # (0.52 W, 0.86 H) of the rendered frame, between the room's objects
         floor_y = scene.bounds[1][1]
         size = 0.16
         spot = free_floor_spot(scene, [f - 1 for f in args.frames], floor_y, 2.5 * size)
-        renders = render_in_blender(work, zip_path, args.frames, spot, size=size)
+        s, r, t = to_reconstruction_frame(scene, rec)  # the synthetic world -> the reconstruction's
+        renders = render_in_blender(work, zip_path, args.frames, s * (r @ spot + t), r @ np.array([0.0, -1.0, 0.0]),
+                                    size=s * size)
         from PIL import Image
 
         import cv2
