@@ -29,7 +29,10 @@ from the median by more than this fraction (``conventions.focal_varies``); else 
 
 def _keys(id_data, action, path: str, index: int, frames: np.ndarray, values: np.ndarray) -> None:
     """Keyframes ``(frame, value)`` on ``path[index]`` of ``id_data``, linear between keys."""
-    fc = action.fcurve_ensure_for_datablock(id_data, path, index=index)
+    if hasattr(action, "fcurve_ensure_for_datablock"):  # Blender 4.4+ (layered actions)
+        fc = action.fcurve_ensure_for_datablock(id_data, path, index=index)
+    else:  # Blender 4.2, 4.3
+        fc = action.fcurves.find(path, index=index) or action.fcurves.new(path, index=index)
     fc.keyframe_points.clear()
     fc.keyframe_points.add(len(frames))
     co = np.empty((len(frames), 2), np.float32)
