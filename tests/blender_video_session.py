@@ -34,6 +34,36 @@ def projection_errors(scene, cam, frames, points_blender, pixels_true, w, h) -> 
     return err
 
 
+def clip_frames_shown(scene, clip, frames, references, work: Path) -> list:
+    """For each scene frame, the index of the reference picture the clip shows there and the mean
+    difference to it: the clip rendered by the compositor (a Movie Clip node), compared by pixels."""
+    import bpy
+    from PIL import Image
+
+    tree = bpy.data.node_groups.new("clip check", "CompositorNodeTree")
+    node = tree.nodes.new("CompositorNodeMovieClip")
+    node.clip = clip
+    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    tree.links.new(node.outputs["Image"], tree.nodes.new("NodeGroupOutput").inputs[0])
+    old = (scene.compositing_node_group, scene.view_settings.view_transform, scene.render.filepath)
+    scene.compositing_node_group = tree
+    scene.view_settings.view_transform = "Standard"
+    scene.render.image_settings.file_format = "PNG"
+    shown = []
+    try:
+        for f in frames:
+            scene.frame_set(int(f))
+            scene.render.filepath = str(work / f"clip_{int(f)}.png")
+            bpy.ops.render.render(write_still=True)
+            img = np.asarray(Image.open(scene.render.filepath).convert("RGB")).astype(np.float64)
+            diffs = [float(np.abs(img - ref).mean()) for ref in references]
+            shown.append([int(np.argmin(diffs)), min(diffs), sorted(diffs)[1]])
+    finally:
+        scene.compositing_node_group, scene.view_settings.view_transform, scene.render.filepath = old
+        bpy.data.node_groups.remove(tree)
+    return shown
+
+
 def main(zip_path: str, work: str) -> dict:
     import bpy
 
@@ -70,6 +100,17 @@ def main(zip_path: str, work: str) -> dict:
                            "clip_frames": b.clip.frame_duration if b.clip else None,
                            "clip_size": list(b.clip.size) if b.clip else None} for b in bgs]
     out["show_background"] = cam.data.show_background_images
+    import cv2
+
+    cap = cv2.VideoCapture(str(work / "shot.mp4"))
+    video = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        video.append(bgr[..., ::-1].astype(np.float64))
+    cap.release()
+    out["clip_shown"] = clip_frames_shown(scene, bgs[0].clip, [1, 6, 16], video, work)
     w, h = scene.render.resolution_x, scene.render.resolution_y
     frames = truth["frames"]
     out["projection_error_px"] = projection_errors(scene, cam, frames, truth["points_blender"], truth["pixels"], w, h)
@@ -157,11 +198,15 @@ def main(zip_path: str, work: str) -> dict:
                                  image_sequence=True)
     seq_cam = next(o for o in bpy.data.collections["sequence"].objects if o.type == "CAMERA")
     seq_bg = seq_cam.data.background_images[0]
+    from PIL import Image
+
     out["sequence"] = {
         "cameras": sum(o.type == "CAMERA" for o in bpy.data.collections["sequence"].objects),
         "key_frames": sorted({int(k.co[0]) for fc in _fcurves(seq_cam.animation_data) for k in fc.keyframe_points}),
         "frame_range": [scene.frame_start, scene.frame_end],
         "clip_source": seq_bg.clip.source, "clip_file": bpy.path.abspath(seq_bg.clip.filepath),
+        "clip_shown": clip_frames_shown(scene, seq_bg.clip, [1, 7], [
+            np.asarray(Image.open(f)).astype(np.float64) for f in sorted((work / "frames").iterdir())], work),
         "clip_frame_start": seq_bg.clip.frame_start, "clip_frames": seq_bg.clip.frame_duration,
         "projection_error_px": projection_errors(scene, seq_cam, truth["seq_frames"], truth["seq_points_blender"],
                                                  truth["seq_pixels"], w, h),

@@ -176,11 +176,19 @@ def test_the_footage_is_the_cameras_background_in_sync(session):
     # clip frame 1 (the video's frame 0) at scene frame 1, where frame 0's key is
     assert bg["clip_frame_start"] == 1 and bg["clip_frame_offset"] == 0
     assert bg["clip_frames"] == N_FRAMES and bg["clip_size"] == [168, 126]
+    # by pixels: the clip rendered at scene frames 1, 6, 16 is the video's frame 0, 5, 15
+    # (mean difference ~1 level of mp4 rounding; the next best frame is far off)
+    shown = session["clip_shown"]
+    print(f"clip by pixels (frame shown, mean difference, next best): {shown}; sequence: {session['sequence']['clip_shown']}")
+    assert [s[0] for s in shown] == [0, 5, 15], shown
+    assert all(s[1] < 3 and s[2] > 5 * s[1] for s in shown), shown
     seq = session["sequence"]
     assert session["sequence_default_cameras"] == N_FRAMES // 2  # numbered photos look alike: off by default
     assert seq["cameras"] == 1 and seq["key_frames"] == list(range(1, N_FRAMES + 1, 2))
     assert seq["clip_source"] == "SEQUENCE" and seq["clip_file"].endswith("frame_0001.png")
     assert seq["clip_frame_start"] == 1 and seq["frame_range"] == [1, N_FRAMES - 1]
+    # scene frames 1 and 7 show files frame_0001 and frame_0007 (0-based 0 and 6), where their keys are
+    assert [s[0] for s in seq["clip_shown"]] == [0, 6] and all(s[1] < 1 for s in seq["clip_shown"]), seq["clip_shown"]
 
 
 def test_rescale_keeps_projections_and_scales_distances(session):
