@@ -113,6 +113,46 @@ def heldout_scenes(count: int = 24, views: int = 4, height: int = 126, width: in
     return [data.scene(i) for i in range(count)]
 
 
+FAMILIES = ("rooms", "randomized", "terrain", "shapes")
+"""Held-out scene families: ``rooms`` (the rooms generator, pool seed 1000), ``randomized``
+(the domain-randomised training generator at seeds its pool does not draw), ``terrain`` and
+``shapes`` (evaluation-only generators, :mod:`~da3_plugins.core.synthetic.heldout`: scenes no
+training data source produces)."""
+
+FAMILY_SEEDS = {"rooms": 1000, "randomized": 1000, "terrain": 2000, "shapes": 3000}
+"""The default first seed of each family's held-out scenes."""
+
+
+def family_scenes(family: str, count: int = 8, views: int = 4, height: int = 126, width: int = 168,
+                  seed: Optional[int] = None) -> list:
+    """``count`` held-out scenes of ``family`` (see :data:`FAMILIES`) with ``views`` views at
+    ``height`` x ``width``; ``seed`` defaults to the family's :data:`FAMILY_SEEDS` entry."""
+    if family not in FAMILIES:
+        raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, got {family!r}")
+    seed = FAMILY_SEEDS[family] if seed is None else seed
+    if family == "rooms":
+        return heldout_scenes(count, views=views, height=height, width=width, seed=seed)
+    if family == "randomized":
+        from .synthetic.randomized import make_randomized_scene
+
+        # the training pool draws 31-bit seeds at random; these small ones are held out
+        return [make_randomized_scene(seed + i, views, height, width) for i in range(count)]
+    from .synthetic.heldout import heldout_family
+
+    return heldout_family(family, count=count, views=views, height=height, width=width, seed=seed)
+
+
+def family_table(results: Sequence[tuple]) -> str:
+    """One Markdown table of ``(family, size label, EvalTable)`` entries: a row per method."""
+    lines = ["| family | size | method | AUC@3 ↑ | AUC@30 ↑ | AbsRel ↓ | δ1 ↑ | Chamfer ↓ | F-score ↑ |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for family, size, table in results:
+        for name, s in table.rows.items():
+            lines.append(f"| {family} | {size} | {name} | {100 * s.auc03:.1f} | {100 * s.auc30:.1f} | {s.abs_rel:.3f} | "
+                         f"{100 * s.delta1:.1f} | {s.chamfer:.3f} | {100 * s.fscore:.1f} |")
+    return "\n".join(lines)
+
+
 def predict(model, images: np.ndarray, process_res: Optional[int] = None):
     """Run ``model`` on (N, H, W, 3) uint8 -> (depth, w2c, K) at the input size."""
     n, h, w = images.shape[:3]
@@ -157,4 +197,5 @@ def evaluate(model, scenes, *, baselines: bool = True, random_baseline: bool = T
     return EvalTable(rows={k: mean_scores(v) for k, v in scores.items()}, views=views)
 
 
-__all__ = ["METRICS", "EvalScores", "EvalTable", "score_scene", "mean_scores", "heldout_scenes", "predict", "evaluate"]
+__all__ = ["METRICS", "EvalScores", "EvalTable", "score_scene", "mean_scores", "heldout_scenes", "FAMILIES",
+           "FAMILY_SEEDS", "family_scenes", "family_table", "predict", "evaluate"]

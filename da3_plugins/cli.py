@@ -136,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "taught which patch of the first view sees the same surface")
     t.add_argument("--view-gap", type=int, default=None,
                    help="synthetic samples are runs of views at most this many camera positions apart (default 0: any)")
+    t.add_argument("--generator", choices=("rooms", "randomized"), default="rooms",
+                   help="synthetic scenes: rooms (one look, 126x168; default) or randomized (domain-randomised "
+                   "layouts, materials, lighting, field of view 40-100 degrees, photometry; see --sizes)")
+    t.add_argument("--sizes", type=_sizes, default=None,
+                   help="randomized: sizes HxW,HxW,... of which each step takes one at random (several "
+                   "resolutions and aspect ratios; default: --size)")
+    t.add_argument("--max-tokens", type=int, default=None,
+                   help="randomized: patch tokens per step and process (views x H/14 x W/14); larger sizes take "
+                   "fewer views and samples (default 0: no limit)")
     t.add_argument("--seed", type=int, default=0, help="seeds weights, batches and everything random (default 0)")
     t.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic scene pool (default 0)")
     t.add_argument("--save-every", type=int, default=None, help="checkpoint interval in steps (default 250)")
@@ -150,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, help="folder of scenes with depth and cameras (default: synthetic)")
     ev.add_argument("--scenes", type=int, default=24, help="held-out synthetic scenes (default 24)")
     ev.add_argument("--views", type=int, default=4, help="views per synthetic scene (default 4)")
-    ev.add_argument("--size", type=_size, default=None, help="image size HEIGHTxWIDTH (default 126x168)")
+    ev.add_argument("--size", type=_sizes, default=None,
+                    help="image size HEIGHTxWIDTH, or several separated by commas (default 126x168)")
+    ev.add_argument("--family", choices=("rooms", "randomized", "terrain", "shapes", "all"), default="rooms",
+                    help="held-out synthetic scenes: rooms (the rooms generator, unseen seeds; default), randomized "
+                    "(the domain-randomised generator, unseen seeds), terrain or shapes (evaluation-only "
+                    "generators that training never uses), or all four")
     ev.add_argument("--seed", type=int, default=1000, help="seed of the held-out pool (default 1000; training uses 0)")
     ev.add_argument("--no-baselines", action="store_true", help="score the model only")
     ev.add_argument("--json", default=None, help="also write the table as JSON to this file")
@@ -200,6 +214,11 @@ def _size(text: str):
     if h <= 0 or w <= 0 or h % 14 or w % 14:
         raise argparse.ArgumentTypeError(f"expected sides that are positive multiples of 14, got {text!r}")
     return h, w
+
+
+def _sizes(text: str):
+    """HxW[,HxW...] -> ((h, w), ...)."""
+    return tuple(_size(part) for part in text.split(",") if part.strip())
 
 
 def _views(text: str):

@@ -15,6 +15,7 @@ from da3_plugins.runner import Progress, load_model_for
 def train_config_from_args(args):
     """The TrainConfig of ``da3p train`` arguments (defaults: the embedded model's recipe); a bad
     value is the configs' own OptionError."""
+    from da3_plugins.core.errors import OptionError
     from da3_plugins.core.losses import LossWeights
     from da3_plugins.core.training import SyntheticDataConfig, TrainConfig
 
@@ -22,10 +23,17 @@ def train_config_from_args(args):
     syn = base.synthetic
     h, w = args.size or (syn.height, syn.width)
     lo, hi = args.views or (syn.min_views, syn.max_views)
+    generator = getattr(args, "generator", None) or syn.generator
+    extra = {}
+    if generator != syn.generator:  # the randomized scenes: field of view 40-100 degrees, several sizes
+        extra = dict(generator=generator, fov_range=(40.0, 100.0), sizes=tuple(getattr(args, "sizes", None) or ()),
+                     max_tokens=getattr(args, "max_tokens", None) or 0)
+    elif getattr(args, "sizes", None) or getattr(args, "max_tokens", None):
+        raise OptionError("--sizes, --max-tokens: only with --generator randomized")
     syn = SyntheticDataConfig(height=h, width=w, scenes=args.scenes or syn.scenes,
                               views_per_scene=max(syn.views_per_scene, hi), min_views=lo, max_views=hi,
                               seed=args.data_seed,
-                              max_view_gap=syn.max_view_gap if args.view_gap is None else args.view_gap)
+                              max_view_gap=syn.max_view_gap if args.view_gap is None else args.view_gap, **extra)
     return TrainConfig(
         preset=args.preset, init=args.init, data=args.data, teacher=args.teacher, synthetic=syn, freeze_backbone=args.freeze_backbone,
         steps=args.steps or base.steps, batch_size=args.batch_size or base.batch_size, lr=args.lr or base.lr,
@@ -106,7 +114,7 @@ def cmd_train(args, progress: Progress) -> int:
 def cmd_eval(args, progress: Progress) -> int:
     import torch
 
-    from da3_plugins.core.evaluation import evaluate, heldout_scenes
+    from da3_plugins.core.evaluation import FAMILIES, FAMILY_SEEDS, evaluate, family_scenes, family_table, heldout_scenes
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,37 +122,60 @@ def cmd_eval(args, progress: Progress) -> int:
     if not model.predicts_cameras:
         raise UserInputError(f"--model {args.model}: {model.preset} predicts no cameras; da3p eval scores poses too "
                          "(use an any-view model)")
+    sizes = args.size or ((126, 168),)
+    families = FAMILIES if args.family == "all" else (args.family,)
+    jobs = []  # (family, size label, where, scenes)
     if args.data is not None:
         from da3_plugins.core.datasets import FolderDataset
         from da3_plugins.core.training import fit_views
 
+        if args.family != "rooms":
+            raise UserInputError("--family: held-out synthetic families and --data exclude each other")
         try:
             ds = FolderDataset(args.data)
         except DatasetError as exc:
             raise UserInputError(f"--data {first_line(exc)}") from None
-        h, w = args.size or (126, 168)
-        scenes = []
-        for i in range(len(ds)):
-            s = ds[i]
-            s.images, s.depth, s.intrinsics = fit_views(s.images, s.depth, s.intrinsics, h, w)
-            scenes.append(s)
-        where = f"{len(scenes)} scenes of {args.data}"
+        for h, w in sizes:
+            scenes = []
+            for i in range(len(ds)):
+                s = ds[i]
+                s.images, s.depth, s.intrinsics = fit_views(s.images, s.depth, s.intrinsics, h, w)
+                scenes.append(s)
+            jobs.append(("data", f"{h}x{w}", f"{len(scenes)} scenes of {args.data}", scenes))
     else:
-        h, w = args.size or (126, 168)
-        progress.update("scenes", 0, args.scenes, "rendering held-out synthetic scenes")
-        scenes = heldout_scenes(args.scenes, views=args.views, height=h, width=w, seed=args.seed)
-        progress.update("scenes", args.scenes, args.scenes, "done")
-        where = f"{len(scenes)} held-out synthetic scenes (seed {args.seed}), {args.views} views each, {h}x{w}"
-    table = evaluate(model, scenes, baselines=not args.no_baselines, random_baseline=not args.no_baselines,
-                     progress=lambda d, t: progress.update("eval", d, t, ""),
-                     name=f"{model.preset} (embedded)" if args.model == "embedded" else (args.model or model.preset))
+        for family in families:
+            for h, w in sizes:
+                progress.update("scenes", 0, args.scenes, f"rendering held-out {family} scenes at {h}x{w}")
+                if family == "rooms":  # the held-out pool of the rooms generator (--seed, default 1000)
+                    scenes = heldout_scenes(args.scenes, views=args.views, height=h, width=w, seed=args.seed)
+                    where = f"{len(scenes)} held-out synthetic scenes (seed {args.seed}), {args.views} views each, {h}x{w}"
+                else:
+                    seed = FAMILY_SEEDS[family] if args.seed == 1000 else args.seed
+                    scenes = family_scenes(family, args.scenes, views=args.views, height=h, width=w, seed=seed)
+                    where = (f"{len(scenes)} held-out '{family}' scenes (seeds {seed}..{seed + len(scenes) - 1}), "
+                             f"{args.views} views each, {h}x{w}")
+                progress.update("scenes", args.scenes, args.scenes, "done")
+                jobs.append((family, f"{h}x{w}", where, scenes))
+    name = f"{model.preset} (embedded)" if args.model == "embedded" else (args.model or model.preset)
+    results = []
+    for family, size, where, scenes in jobs:
+        table = evaluate(model, scenes, baselines=not args.no_baselines, random_baseline=not args.no_baselines,
+                         progress=lambda d, t: progress.update("eval", d, t, ""), name=name)
+        results.append((family, size, where, table))
+        print(f"Evaluation on {where}:")
+        print(table.format())
+    if len(results) > 1:
+        print("All families:")
+        print(family_table([(f, s, t) for f, s, _, t in results]))
     if args.json:
         from da3_plugins.core.reconstruction import atomic_path
 
+        if len(results) == 1:
+            data = {"scenes": results[0][2], **results[0][3].to_json()}
+        else:
+            data = {"results": [{"family": f, "size": s, "scenes": w, **t.to_json()} for f, s, w, t in results]}
         with atomic_path(Path(args.json)) as tmp:
-            Path(tmp).write_text(json.dumps({"scenes": where, **table.to_json()}, indent=2) + "\n")
-    print(f"Evaluation on {where}:")
-    print(table.format())
+            Path(tmp).write_text(json.dumps(data, indent=2) + "\n")
     print("AUC, delta1 and F-score in percent; AbsRel after one median scale per scene; Chamfer in units of the "
           "median true depth, F-score at 5% of it, after a Sim(3) fit.")
     return 0

@@ -41,7 +41,7 @@ Each layer imports only the ones listed before it.
 """
 
 from .config import SyntheticDataConfig, TrainConfig
-from .data import Batch, FolderData, SyntheticData, fit_views, pseudo_label_depth
+from .data import Batch, FolderData, RandomizedData, SyntheticData, fit_views, pseudo_label_depth
 from .loop import (
     STATE_JSON,
     STATE_WEIGHTS,
@@ -56,7 +56,7 @@ from .loop import (
 from .step import Targets, TrainingForward, compute_losses, forward_for_training, prepare_targets
 
 __all__ = [
-    "SyntheticDataConfig", "TrainConfig", "Batch", "SyntheticData", "FolderData", "fit_views", "pseudo_label_depth",
+    "SyntheticDataConfig", "TrainConfig", "Batch", "SyntheticData", "RandomizedData", "FolderData", "fit_views", "pseudo_label_depth",
     "Targets",
     "prepare_targets", "forward_for_training", "TrainingForward", "compute_losses", "save_checkpoint",
     "TrainResult", "build_model", "train", "Distributed", "torchrun_env", "distributed_from_env",

@@ -11,6 +11,9 @@ from ..errors import OptionError
 from ..model.config import PATCH_SIZE, get_preset
 
 
+GENERATORS = ("rooms", "randomized")
+
+
 @dataclass(frozen=True)
 class SyntheticDataConfig:
     """The synthetic training distribution.
@@ -21,6 +24,17 @@ class SyntheticDataConfig:
     takes a random subset of ``min_views``..``max_views`` of them; with ``max_view_gap`` > 0
     the subset is a run along the camera path whose consecutive members are at most that many
     camera positions apart (overlapping views), in random order.
+
+    generator: "rooms" (:func:`~da3_plugins.core.synthetic.generate_scene`, the scenes above,
+        rendered once at ``height`` x ``width``) or "randomized" (the domain-randomised scenes
+        of :mod:`~da3_plugins.core.synthetic.randomized`: layouts, materials, lighting, cameras
+        with a field of view in ``fov_range`` and photometry drawn per scene; views rendered
+        on demand at each batch's size).
+    sizes: "randomized" only: the (height, width) a batch is drawn at, one per step at random
+        (several resolutions and aspect ratios); empty: ``height`` x ``width`` always.
+    max_tokens: "randomized" only: the patch tokens (views x (H/14) x (W/14)) a process's batch
+        may hold; a step at a large size takes fewer views (not below ``min_views``) and fewer
+        samples (not below 1), so steps cost about the same at every size.  0: no limit.
     """
 
     height: int = 126
@@ -33,8 +47,20 @@ class SyntheticDataConfig:
     fov_range: Tuple[float, float] = (45.0, 75.0)
     seed: int = 0
     max_view_gap: int = 0
+    generator: str = "rooms"
+    sizes: Tuple[Tuple[int, int], ...] = ()
+    max_tokens: int = 0
 
     def __post_init__(self) -> None:
+        if self.generator not in GENERATORS:
+            raise OptionError(f"generator: expected one of {', '.join(GENERATORS)}, got {self.generator!r}")
+        for h, w in self.sizes:
+            if h <= 0 or w <= 0 or h % PATCH_SIZE or w % PATCH_SIZE:
+                raise OptionError(f"sizes: expected sides that are positive multiples of {PATCH_SIZE}, got {h}x{w}")
+        if (self.sizes or self.max_tokens) and self.generator != "randomized":
+            raise OptionError("sizes, max_tokens: only the randomized generator renders at several sizes")
+        if self.max_tokens < 0:
+            raise OptionError(f"max_tokens: expected >= 0 (0: no limit), got {self.max_tokens}")
         for name in ("height", "width"):
             v = getattr(self, name)
             if v <= 0 or v % PATCH_SIZE:
@@ -111,9 +137,11 @@ class TrainConfig:
         for key in ("kinds", "fov_range"):
             if key in syn:
                 syn[key] = tuple(syn[key])
+        if "sizes" in syn:
+            syn["sizes"] = tuple(tuple(int(v) for v in hw) for hw in syn["sizes"])
         data["synthetic"] = SyntheticDataConfig(**syn)
         data["loss"] = L.LossWeights(**data.get("loss", {}))
         return cls(**data)
 
 
-__all__ = ["SyntheticDataConfig", "TrainConfig"]
+__all__ = ["GENERATORS", "SyntheticDataConfig", "TrainConfig"]

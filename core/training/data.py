@@ -2,6 +2,8 @@
 
 * :class:`SyntheticData`: a lazily rendered pool of synthetic scenes
   (:mod:`~da3_plugins.core.synthetic`), sampled as set by :class:`~.config.SyntheticDataConfig`;
+* :class:`RandomizedData`: domain-randomised scenes, each batch at a random size of
+  ``sizes`` under a patch-token budget (``generator="randomized"``);
 * :class:`FolderData`: the user's scenes (:class:`~da3_plugins.core.datasets.FolderDataset`),
   fitted to the training size (:func:`fit_views`), with optional teacher-student pseudo-labels
   (:func:`pseudo_label_depth`).
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import losses as L
+from ..model.config import PATCH_SIZE
 from .config import SyntheticDataConfig
 
 
@@ -92,6 +95,89 @@ class SyntheticData:
         for index, views in self.plan(rng, batch_size * world_size)[lo:hi]:
             s = self.scene(index)
             parts.append((s.images[views], s.depth[views], s.extrinsics[views][:, :3], s.intrinsics[views]))
+        return Batch(*(np.stack(x) for x in zip(*parts)))
+
+
+class RandomizedData:
+    """Domain-randomised scenes (:mod:`~da3_plugins.core.synthetic.randomized`), views rendered
+    on demand at each batch's size (see :class:`SyntheticDataConfig`: ``sizes``,
+    ``max_tokens``).  Pool scene ``i`` is the scene of seed ``(seed, i)``; rendered views are
+    kept in a cache of at most ``cache_bytes`` (least recently used out first); rendering is
+    deterministic, so the cache changes speed only."""
+
+    def __init__(self, config: SyntheticDataConfig, cache_bytes: int = 1 << 30) -> None:
+        from collections import OrderedDict
+
+        self.config = config
+        self.cache_bytes = int(cache_bytes)
+        self._specs: Dict[int, object] = {}
+        self._views: "OrderedDict[Tuple[int, int, int, int], tuple]" = OrderedDict()
+        self._held = 0
+
+    def __len__(self) -> int:
+        return self.config.scenes
+
+    def spec(self, index: int):
+        """The :class:`~da3_plugins.core.synthetic.randomized.RandomSceneSpec` of pool entry ``index``."""
+        from ..synthetic.randomized import random_scene_spec
+
+        if index not in self._specs:
+            c = self.config
+            seed = int(np.random.default_rng([c.seed, index, 19]).integers(2**31))
+            self._specs[index] = random_scene_spec(seed, c.views_per_scene, fov_range=c.fov_range)
+        return self._specs[index]
+
+    def views(self, index: int, views: Sequence[int], height: int, width: int):
+        """(images, depth, w2c (n, 3, 4), K) of views ``views`` of scene ``index`` at that size."""
+        from ..synthetic.randomized import render_spec_views
+
+        spec = self.spec(index)
+        missing = [v for v in views if (index, int(v), height, width) not in self._views]
+        if missing:
+            im, d, e, k = render_spec_views(spec, missing, height, width)
+            for j, v in enumerate(missing):
+                self._views[(index, int(v), height, width)] = (im[j], d[j], e[j], k[j])
+                self._held += im[j].nbytes + d[j].nbytes
+        out = []
+        for v in views:
+            key = (index, int(v), height, width)
+            self._views.move_to_end(key)
+            out.append(self._views[key])
+        while self._held > self.cache_bytes and len(self._views) > len(views):
+            _, (im, d, _, _) = self._views.popitem(last=False)
+            self._held -= im.nbytes + d.nbytes
+        return tuple(np.stack(x) for x in zip(*out))
+
+    def plan(self, rng: np.random.Generator, batch_size: int, world_size: int = 1
+             ) -> Tuple[Tuple[int, int], int, List[Tuple[int, np.ndarray]]]:
+        """The batch's size (one of ``sizes``), the samples per process (``batch_size``, fewer
+        under ``max_tokens``) and that many samples per process, as :meth:`SyntheticData.plan`
+        (a run of views with ``max_view_gap``); draws from ``rng`` and renders nothing."""
+        c = self.config
+        sizes = c.sizes or ((c.height, c.width),)
+        h, w = sizes[int(rng.integers(len(sizes)))]
+        n = int(rng.integers(c.min_views, c.max_views + 1))
+        per = batch_size
+        if c.max_tokens:
+            patches = (h // PATCH_SIZE) * (w // PATCH_SIZE)
+            n = max(c.min_views, min(n, c.max_tokens // patches))
+            per = int(np.clip(c.max_tokens // (n * patches), 1, batch_size))
+        out = []
+        for _ in range(per * world_size):
+            index = int(rng.integers(len(self)))
+            if c.max_view_gap > 0:
+                views = _view_run(rng, c.views_per_scene, n, c.max_view_gap)
+            else:
+                views = np.sort(rng.choice(c.views_per_scene, n, replace=False))
+            rng.shuffle(views)
+            out.append((index, views))
+        return (h, w), per, out
+
+    def batch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world_size: int = 1) -> Batch:
+        """Process ``rank``'s samples of one global plan (see the module docs and :meth:`plan`)."""
+        _shard(batch_size, rank, world_size)
+        (h, w), per, plan = self.plan(rng, batch_size, world_size)
+        parts = [self.views(index, views, h, w) for index, views in plan[rank * per:(rank + 1) * per]]
         return Batch(*(np.stack(x) for x in zip(*parts)))
 
 
@@ -233,4 +319,4 @@ class FolderData:
         return Batch(*(np.stack(x) for x in zip(*parts)))
 
 
-__all__ = ["Batch", "SyntheticData", "FolderData", "fit_views", "pseudo_label_depth"]
+__all__ = ["Batch", "SyntheticData", "RandomizedData", "FolderData", "fit_views", "pseudo_label_depth"]

@@ -38,7 +38,7 @@ from .. import losses as L
 from ..errors import OptionError
 from ..reconstruction import atomic_path
 from .config import TrainConfig
-from .data import FolderData, SyntheticData
+from .data import FolderData, RandomizedData, SyntheticData
 from .step import TrainingForward, compute_losses, prepare_targets
 
 STATE_WEIGHTS = "train_state.safetensors"
@@ -230,7 +230,8 @@ def train(cfg: TrainConfig, output: Union[str, os.PathLike], *, resume: bool = F
     start, history = (0, [])
     if resume:
         meta = json.loads((output / STATE_JSON).read_text())
-        saved = meta["config"]
+        # the saved config with today's defaults for fields added since (e.g. synthetic.generator)
+        saved = json.loads(json.dumps(TrainConfig.from_json(meta["config"]).to_json()))
         mine = json.loads(json.dumps(cfg.to_json()))
         diff = [k for k in mine if k not in ("steps", "batch_size") and mine[k] != saved.get(k)]
         if diff:
@@ -260,7 +261,7 @@ def train(cfg: TrainConfig, output: Union[str, os.PathLike], *, resume: bool = F
         else:
             if cfg.teacher:
                 raise OptionError("teacher: pseudo-labels are for your own data (--data); synthetic depth is exact")
-            data = SyntheticData(cfg.synthetic)
+            data = RandomizedData(cfg.synthetic) if cfg.synthetic.generator == "randomized" else SyntheticData(cfg.synthetic)
     bar = None
     if progress and lead:
         from tqdm.auto import tqdm
