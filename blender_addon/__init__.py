@@ -263,19 +263,29 @@ def _reconstruct_settings():
     }
 
 
-SEQUENCE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".exr")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+"""As the core's ``images.IMAGE_EXTENSIONS`` / ``VIDEO_EXTENSIONS`` (not vendored: that module
+needs PIL; tests/test_video_frames.py checks they agree)."""
 
 
 def _every_nth_file(folder: str, stride: int):
-    """Every ``stride``-th image file of a folder, in name order (an image sequence)."""
-    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(SEQUENCE_EXTENSIONS)
-                   and not f.startswith("."))
+    """Every ``stride``-th image file of a folder, in the core's order (``images.list_images``:
+    natural order, img2 before img10)."""
+    import re
+
+    names = [f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+             and os.path.isfile(os.path.join(folder, f))]
+    names.sort(key=lambda n: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", n)])
     return [os.path.join(folder, f) for f in names[::stride]]
 
 
 def _video_rate(path: str) -> float:
     """A video's frames per second, read by Blender (a clip loaded and removed again)."""
-    clip = bpy.data.movieclips.load(path)
+    try:
+        clip = bpy.data.movieclips.load(path)
+    except RuntimeError:
+        raise ValueError(f"{path}: Blender cannot read this video") from None
     try:
         return float(clip.fps)
     finally:
@@ -333,6 +343,8 @@ class DA3_OT_reconstruct(bpy.types.Operator):
             inputs = _every_nth_file(folder, self.frame_stride) if self.frame_stride > 1 else [folder]
             if not inputs:
                 raise ValueError(f"{folder}: the folder holds no image files")
+        elif not src.lower().endswith(VIDEO_EXTENSIONS):
+            inputs = [bpy.path.abspath(src)]
         else:
             video = bpy.path.abspath(src)
             inputs = [video]
@@ -340,7 +352,9 @@ class DA3_OT_reconstruct(bpy.types.Operator):
                 fps = float(self.fps)
             else:  # every frame_stride-th frame: sampled at rate / stride
                 rate = _video_rate(video)
-                fps = rate / self.frame_stride if rate > 0 else 1e6
+                if rate <= 0 and self.frame_stride > 1:
+                    raise ValueError(f"{video}: the video declares no frame rate; set FPS instead of Frame Stride")
+                fps = rate / self.frame_stride if rate > 0 else 1e6  # no rate: every frame
         model = _model_request(self.model)
         options = self.reconstruct_options().to_dict()
         self._tmp = tempfile.mkdtemp(prefix="da3_")

@@ -140,3 +140,23 @@ def test_status_bar_eta():
     # a new stage restarts the clock
     assert "ETA" not in clock.text({"stage": "export", "done": 1, "total": 3}, now=131.0)
     assert wc.format_seconds(3725) == "1:02:05"
+
+
+def test_the_add_ons_file_rules_are_the_cores(tmp_path):
+    """The add-on lists a sequence's files itself (every n-th): the same extensions and order as
+    ``core.images.list_images``."""
+    import ast
+
+    from da3_plugins.core import images
+
+    tree = ast.parse((ROOT / "blender_addon" / "__init__.py").read_text())
+    consts = {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+              for t in node.targets if isinstance(t, ast.Name) and t.id.endswith("_EXTENSIONS")}
+    assert consts == {"IMAGE_EXTENSIONS": images.IMAGE_EXTENSIONS, "VIDEO_EXTENSIONS": images.VIDEO_EXTENSIONS}
+    fn = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "_every_nth_file")
+    namespace = {"os": __import__("os"), "IMAGE_EXTENSIONS": images.IMAGE_EXTENSIONS}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), "addon", "exec"), namespace)
+    for name in ("img10.png", "img2.png", "img1.JPG", "notes.txt", ".hidden.png", "img3.webp"):
+        (tmp_path / name).write_bytes(b"")
+    assert namespace["_every_nth_file"](str(tmp_path), 1) == [str(p) for p in images.list_images(tmp_path)]
+    assert [Path(p).name for p in namespace["_every_nth_file"](str(tmp_path), 2)] == ["img1.JPG", "img3.webp"]
