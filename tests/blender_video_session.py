@@ -266,6 +266,20 @@ def main(zip_path: str, work: str) -> dict:
                                   == (n_objects, n_clips, n_actions))
     out["broken_kept_settings"] = [scene.frame_start, scene.frame_end, scene.render.fps]
 
+    # --- a long shot: 2000 keyed frames, every pose exact (no Euler flips); its video is gone
+    t = time.perf_counter()
+    bpy.ops.import_scene.da3_npz(filepath=str(work / "long.npz"), threshold_mode="NONE", points=False)
+    long_seconds = time.perf_counter() - t
+    long_cam = next(o for o in bpy.data.collections["long"].objects if o.type == "CAMERA")
+    expected = np.load(work / "long_truth.npy")
+    err = 0.0
+    for f in range(1, 2001, 7):
+        scene.frame_set(f)
+        err = max(err, float(np.abs(np.array(long_cam.matrix_world) - expected[f - 1]).max()))
+    out["long"] = {"seconds": long_seconds, "keys": len(_fcurves(long_cam.animation_data)[0].keyframe_points),
+                   "frame_range": [scene.frame_start, scene.frame_end], "fps": scene.render.fps,
+                   "max_matrix_error": err, "background": len(long_cam.data.background_images)}
+
     # --- reconstruct a video through the worker (blocking path): one animated camera
     prefs = bpy.context.preferences.addons["bl_ext.user_default.da3_plugins"].preferences
     prefs.executable = str(work / "da3p")
@@ -306,6 +320,15 @@ def main(zip_path: str, work: str) -> dict:
                        "key_frames": sorted({int(k.co[0]) for fc in _fcurves(cams_made[0].animation_data)
                                              for k in fc.keyframe_points}) if cams_made else [],
                        "options": options}
+    # a file that is no video: one line naming it, nothing created
+    n_objects, n_clips = len(bpy.data.objects), len(bpy.data.movieclips)
+    try:
+        r = bpy.ops.da3.reconstruct(filepath=str(work / "bad.mp4"), model="embedded", process_res=56)
+        bad = [sorted(r)]
+    except RuntimeError as exc:
+        bad = ["ERROR", str(exc).strip().splitlines()[-1]]
+    out["bad_video"] = {"result": bad, "objects_added": len(bpy.data.objects) - n_objects,
+                        "clips_added": len(bpy.data.movieclips) - n_clips}
     bpy.ops.da3.stop_worker()
     out["worker"] = worker
 

@@ -107,6 +107,22 @@ def session(tmp_path_factory):
                    intrinsics=old.intrinsics[:1], gaussians=gs).save(work / "splats.npz")
     old.save(work / "old.npz")
 
+    # a long shot: 2000 frames (tiny pictures; the keys are what is timed)
+    from da3_plugins.core.options import SceneOptions
+
+    n = 2000
+    angles = np.linspace(0, 4 * np.pi, n)
+    long_ext = np.zeros((n, 3, 4))
+    for i, a in enumerate(angles):  # turning about y, moving along x
+        r = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        long_ext[i, :, :3], long_ext[i, :, 3] = r, -r @ np.array([0.001 * i, 0, 0])
+    Reconstruction(images=np.zeros((n, 14, 14, 3), np.uint8), depth=np.ones((n, 14, 14), np.float32),
+                   extrinsics=long_ext, intrinsics=np.tile(np.array([[12.0, 0, 7], [0, 12, 7], [0, 0, 1]]), (n, 1, 1)),
+                   options=SceneOptions(frame_source=str(work / "missing.mp4"), frame_source_kind="video",
+                                        frame_rate=30.0, frame_indices=tuple(range(n)))).save(work / "long.npz")
+    np.save(work / "long_truth.npy", conv.opencv_w2c_to_blender_matrix_world(long_ext))
+    (work / "bad.mp4").write_bytes(b"this is not a video")
+
     # the worker's footage: 10 frames at 10 fps
     write_video(work / "small.mp4", images[:10], fps=10)
     (work / "da3p").symlink_to(Path(sys.executable).with_name("da3p"))
@@ -243,6 +259,22 @@ def test_reconstruct_a_video_through_the_worker(session):
     # the long-input settings reached the pipeline: chunks of 3 overlapping by 2, loop closure off
     for text in ("max_views_per_pass=3", "chunk_overlap=2", "loop_closure='off'", "passes=2", "'scale_factor': 2.0"):
         assert text in panel["options"], (text, panel["options"])
+
+
+def test_a_long_shot_imports_quickly_and_exactly(session):
+    long = session["long"]
+    print(f"2000-frame shot: one camera, {long['keys']} keys per channel, imported in {long['seconds']:.2f} s; "
+          f"max matrix error {long['max_matrix_error']:.1e}")
+    assert long["keys"] == 2000 and long["frame_range"] == [1, 2000] and long["fps"] == 30
+    assert long["max_matrix_error"] < 1e-5  # Euler keys without flips: the pose on every frame
+    assert long["background"] == 0  # the recorded video is gone: no clip, the camera still imports
+    assert long["seconds"] < 20
+
+
+def test_a_bad_video_is_one_line_and_changes_nothing(session):
+    bad = session["bad_video"]
+    assert bad["result"][0] == "ERROR" and "bad.mp4" in bad["result"][1], bad
+    assert bad["objects_added"] == 0 and bad["clips_added"] == 0
 
 
 def test_uninstall_removes_the_new_classes(session):
