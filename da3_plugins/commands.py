@@ -191,6 +191,29 @@ def cmd_blender_build(args, progress: Progress) -> int:
     return 0
 
 
+def demo_surface_error(rec, truth: dict, photos):
+    """The demo's fused points against its true surface (``core.evaluation.fused_surface_error``),
+    or None when ``cameras.json`` names no generator recipe ("synthetic") or the recipe no
+    longer renders the bundled photos: the truth is the synthetic scene regenerated from its
+    recipe, checked pixel for pixel against the photos."""
+    import numpy as np
+
+    from da3_plugins.core.evaluation import fused_surface_error
+    from da3_plugins.core.images import load_images
+    from da3_plugins.core.points import resolve_conf_threshold
+    from da3_plugins.core.synthetic import make_scene
+
+    recipe = truth.get("synthetic")
+    if not isinstance(recipe, dict):
+        return None
+    scene = make_scene(**recipe)
+    bundled = np.stack([im.pixels for im in load_images(list(photos))])
+    if bundled.shape != scene.images.shape or not np.array_equal(bundled, scene.images):
+        return None
+    valid = rec.valid_mask(resolve_conf_threshold("auto", rec.conf))
+    return fused_surface_error(rec.depth, rec.intrinsics, rec.extrinsics, valid, scene)
+
+
 def cmd_demo(args, progress: Progress) -> int:
     """``da3p demo``: the bundled example with the embedded model, offline, with a preview picture."""
     import numpy as np
@@ -214,6 +237,7 @@ def cmd_demo(args, progress: Progress) -> int:
 
         r_err, t_err = relative_pose_errors(rec.extrinsics, gt)
         auc = pose_auc(rec.extrinsics, gt, thresholds=(3, 30))
+        surface = demo_surface_error(rec, truth, [str(f) for f in files])
         final = out.commit()
     except BaseException:
         out.discard()
@@ -221,9 +245,15 @@ def cmd_demo(args, progress: Progress) -> int:
     seconds = time.time() - start
     report(final, written, progress,
             f"{len(rec)} demo views reconstructed with the embedded da3-tiny at {rec.width}x{rec.height} in {seconds:.1f} s")
+    if surface is not None:
+        progress.event("surface_error", median=surface.median, extent=surface.extent, fraction=surface.fraction)
     if progress.mode != "json":
         print(f"  camera error against the true cameras: median rotation {np.median(r_err):.1f} deg, "
               f"translation direction {np.median(t_err):.1f} deg (pose AUC@30 {100 * auc['auc30']:.1f})")
+        if surface is not None:
+            print(f"  fused points against the true surface: median distance {100 * surface.fraction:.1f}% of the "
+                  f"scene's extent ({surface.median:.3f} of {surface.extent:.2f} units; the points placed by a Sim(3) "
+                  f"of the predicted camera centres onto the true ones)")
         print("  The embedded model is a small demo model trained on synthetic rooms: its depth maps are usable, its "
               "cameras only rough (the views' point clouds line up only loosely; see README, The embedded model).")
         print("  For real photos use an official checkpoint: huggingface-cli download depth-anything/DA3-BASE "

@@ -18,15 +18,20 @@ from da3_plugins.core.synthetic import make_scene
 OUT = Path(__file__).resolve().parents[1] / "da3_plugins" / "data" / "demo"
 
 
+RECIPE = {"kind": "room", "num_views": 6, "height": 252, "width": 336, "seed": 5}
+"""make_scene's arguments, written to cameras.json ("synthetic"): `da3p demo` regenerates the true
+scene from them to measure its fused points against the true surface."""
+
+
 def main() -> None:
-    scene = make_scene("room", num_views=6, height=252, width=336, seed=5)
+    scene = make_scene(**RECIPE)
     OUT.mkdir(parents=True, exist_ok=True)
     frames = []
     for i, img in enumerate(scene.images):
         name = f"view_{i:02d}.png"
         Image.fromarray(img).save(OUT / name, optimize=True)
         frames.append({"image": f"{name}", "K": scene.intrinsics[i].tolist(), "w2c": scene.extrinsics[i][:3].tolist()})
-    (OUT / "cameras.json").write_text(json.dumps({"frames": frames}, indent=1) + "\n")
+    (OUT / "cameras.json").write_text(json.dumps({"frames": frames, "synthetic": RECIPE}, indent=1) + "\n")
     print(f"wrote {len(frames)} views to {OUT}")
 
 
