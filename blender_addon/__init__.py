@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Depth Anything 3 for Blender: import DA3 reconstructions (.npz scene files or scene folders:
-pick the folder's scene.json) and reconstruct
-photos through a ``da3p worker`` process of the user's own Python environment.
+pick the folder's scene.json) and reconstruct photos, image sequences and videos through a
+``da3p worker`` process of the user's own Python environment.  A video (or an image sequence)
+becomes one camera animated over its frames, with the footage as its background
+(``footage.py``, also the Rescale operator); the sidebar's Reconstruct panel holds the settings.
 
 The add-on needs only bpy and numpy (no torch); the scene-file reader, the camera
 conventions, the reconstruction options and the model-name rules are the core's own numpy /
