@@ -113,7 +113,7 @@ def test_zip_validates_with_blenders_own_tool(session):
     assert "blender_manifest.toml" in names and "_vendor/reconstruction.py" in names
     # the vendored modules are the core's, unchanged
     assert zipfile.ZipFile(session["zip"]).read("_vendor/conventions.py") == (ROOT / "core" / "conventions.py").read_bytes()
-    for module in ("errors.py", "options.py", "model_source.py"):
+    for module in ("errors.py", "options.py", "model_source.py", "metric_scale.py"):
         assert zipfile.ZipFile(session["zip"]).read(f"_vendor/{module}") == (ROOT / "core" / module).read_bytes()
 
 
