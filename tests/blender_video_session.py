@@ -222,6 +222,15 @@ def main(zip_path: str, work: str) -> dict:
                                                  scene.render.resolution_x, scene.render.resolution_y),
     }
 
+    # --- non-square pixels: the scene's pixel aspect
+    bpy.ops.import_scene.da3_npz(filepath=str(work / "anamorphic.npz"), threshold_mode="NONE", points=False)
+    an_cam = next(o for o in bpy.data.collections["anamorphic"].objects if o.type == "CAMERA")
+    out["anamorphic"] = {
+        "pixel_aspect": [scene.render.pixel_aspect_x, scene.render.pixel_aspect_y],
+        "projection_error_px": projection_errors(scene, an_cam, frames, truth["an_points_blender"], truth["an_pixels"],
+                                                 scene.render.resolution_x, scene.render.resolution_y),
+    }
+
     # --- a zoom: the lens is keyed too
     bpy.ops.import_scene.da3_npz(filepath=str(work / "zoom.npz"), threshold_mode="NONE", points=False)
     zoom_cam = next(o for o in bpy.data.collections["zoom"].objects if o.type == "CAMERA")

@@ -82,6 +82,15 @@ def session(tmp_path_factory):
     assert low.images.shape[1:3] == (70, 84)
     low.save(work / "lowres.npz")
 
+    # non-square pixels (anamorphic footage): fy = 0.8 fx
+    an_ks = ks.copy()
+    an_ks[:, 1, 1] *= 0.8
+    an_images, an_depth = scene.render_views(ext, an_ks)
+    write_video(work / "anamorphic.mp4", an_images, fps=FPS)
+    an = reconstruct(GroundTruthPredictor(ext, an_ks, an_depth), work / "anamorphic.mp4", fps=None, process_res=168)
+    an.save(work / "anamorphic.npz")
+    an_pix, _ = _pixels(ext, an_ks, world)
+
     # a zoom: the focal length grows 30 % over the shot (the same camera path)
     zoom_ks = ks.copy()
     zoom_ks[:, :2, :2] *= np.linspace(1.0, 1.3, N_FRAMES)[:, None, None]
@@ -92,6 +101,7 @@ def session(tmp_path_factory):
     zoom_pix, _ = _pixels(ext, zoom_ks, world)
     np.savez(work / "truth.npz", frames=np.arange(1, N_FRAMES + 1), pixels=pix,
              low_points_blender=conv.points_to_blender(_in_reconstruction_frame(low, ext, world)),
+             an_pixels=an_pix, an_points_blender=conv.points_to_blender(_in_reconstruction_frame(an, ext, world)),
              zoom_pixels=zoom_pix, zoom_points_blender=conv.points_to_blender(_in_reconstruction_frame(zoom, ext, world)),
              points_blender=conv.points_to_blender(_in_reconstruction_frame(rec, ext, world)),
              seq_frames=np.arange(1, N_FRAMES + 1, 2), seq_pixels=pix[::2],
@@ -167,6 +177,13 @@ def test_footage_larger_than_the_networks_pictures_is_exact_at_its_own_size(sess
     assert low["resolution"] == [168, 126] and low["pixel_aspect"] == [1.0, 1.0]
     print(f"84 x 70 network input, 168 x 126 footage: max projection error {low['projection_error_px']:.2e} px")
     assert low["projection_error_px"] < 0.01
+
+
+def test_non_square_pixels_become_the_scenes_pixel_aspect(session):
+    an = session["anamorphic"]
+    assert an["pixel_aspect"] == pytest.approx([1.0, 1.25])  # fx / fy
+    print(f"anamorphic (fy = 0.8 fx): max projection error {an['projection_error_px']:.2e} px")
+    assert an["projection_error_px"] < 0.01
 
 
 def test_a_zoom_animates_the_lens_and_stays_exact(session):
