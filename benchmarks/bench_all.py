@@ -34,9 +34,10 @@ BENCHES: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
 )
 
 
-def tables(text: str) -> List[Tuple[List[str], List[List[str]]]]:
-    """The Markdown tables in a script's output: (header, rows)."""
-    out, header, rows = [], None, []
+def tables(text: str) -> List[Tuple[str, List[str], List[List[str]]]]:
+    """The Markdown tables in a script's output: (title, header, rows); the title is the last
+    line of text before the table ("" if none)."""
+    out, header, rows, title = [], None, [], ""
     for line in text.splitlines() + [""]:
         line = line.strip()
         if line.startswith("|") and line.endswith("|"):
@@ -45,10 +46,18 @@ def tables(text: str) -> List[Tuple[List[str], List[List[str]]]]:
                 header = cells
             elif not all(set(c) <= set("-: ") for c in cells):
                 rows.append(cells)
-        elif header is not None:
-            out.append((header, rows))
+            continue
+        if header is not None:
+            out.append((title, header, rows))
             header, rows = None, []
+        if line:
+            title = line
     return out
+
+
+def _measured(cell: str) -> bool:
+    """A cell worth printing: not empty, not "nan" (a measurement the short setting skips)."""
+    return bool(cell) and cell.replace("(", "").replace(")", "").split() != ["nan", "nan"] and cell != "nan"
 
 
 def main() -> int:
@@ -70,10 +79,14 @@ def main() -> int:
         if run.returncode != 0 or not found:
             rows.append((area, script, f"failed (exit {run.returncode}): {(run.stderr.strip().splitlines() or [''])[-1]}"))
             continue
-        for header, body in found:
+        cases = [cells[0] for _, _, body in found for cells in body]
+        clash = len(set(cases)) < len(cases)
+        for title, header, body in found:
+            # tables with the same cases (forward, forward + backward): the table's title in front
+            label = f"{title.split('(')[0].strip().rstrip(':')}: " if clash and title else ""
             for cells in body:
-                measures = "; ".join(f"{h}: {c}" for h, c in zip(header[1:], cells[1:]) if c)
-                rows.append((area, cells[0], measures))
+                measures = "; ".join(f"{h}: {c}" for h, c in zip(header[1:], cells[1:]) if _measured(c))
+                rows.append((area, label + cells[0], measures))
         print(f"  {seconds:.0f} s", file=sys.stderr, flush=True)
     print("| area | case | measurements |")
     print("|---|---|---|")
