@@ -26,6 +26,10 @@ from ._vendor.options import (LOOP_CLOSURES, PRECISIONS, REF_VIEW_STRATEGIES, RE
                                option_defaults)
 
 
+MAX_POINTS = 5_000_000
+"""The default point budget of an import: a long shot at full resolution has hundreds of millions."""
+
+
 class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
     """Import a Depth Anything 3 reconstruction (.npz, or a scene folder's scene.json): cameras with their photos, coloured points"""
 
@@ -54,6 +58,8 @@ class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
                                              "camera); off: numbered photos stay separate cameras")
     stride: IntProperty(name="Pixel Stride", default=1, min=1, max=64,
                         description="Use every n-th pixel of each depth map")
+    max_points: IntProperty(name="Max Points", default=MAX_POINTS, min=0,
+                            description="At most this many points (a uniform random subset: long shots); 0: all")
     threshold_mode: EnumProperty(
         name="Confidence", default="AUTO",
         items=[("AUTO", "Automatic", "The official percentile rule"), ("NONE", "Keep All", "Show every point"),
@@ -78,7 +84,8 @@ class DA3_OT_import_scene(bpy.types.Operator, ImportHelper):
             coll = build_scene(rec, path.stem, context=context, cameras=self.cameras, points=self.points,
                                background=self.background, stride=self.stride, conf_threshold=conf,
                                depth_meshes=self.depth_meshes, gaussians=self.gaussians, animated=self.animated,
-                               sequences=self.image_sequence, mesh_every=self.mesh_every)
+                               sequences=self.image_sequence, mesh_every=self.mesh_every,
+                               max_points=self.max_points)
         except Exception as exc:  # report, leave the scene as it was (build_scene cleans up)
             self.report({"ERROR"}, f"{path.name}: import failed: {type(exc).__name__}: {exc}")
             return {"CANCELLED"}
@@ -260,6 +267,9 @@ def _reconstruct_settings():
         "create_cameras": BoolProperty(name="Cameras", default=True),
         "create_points": BoolProperty(name="Point Cloud", default=True),
         "create_depth_meshes": BoolProperty(name="Depth Meshes", default=False),
+        "max_points": IntProperty(name="Max Points", default=MAX_POINTS, min=0,
+                                  description="At most this many points (a uniform random subset: long shots); "
+                                              "0: all"),
         "mesh_every": IntProperty(name="Depth Mesh Every", default=1, min=1,
                                   description="A depth mesh for every n-th view (keyframes of a video)"),
     }
@@ -394,7 +404,7 @@ class DA3_OT_reconstruct(bpy.types.Operator):
             build_scene(rec, name, context=context, conf_threshold=self.threshold or None,
                         cameras=self.create_cameras, points=self.create_points,
                         depth_meshes=self.create_depth_meshes, gaussians=self.gaussians, animated=self.animated,
-                        sequences=self.image_sequence, mesh_every=self.mesh_every)
+                        sequences=self.image_sequence, mesh_every=self.mesh_every, max_points=self.max_points)
             self.report({"INFO"}, f"Reconstructed {len(rec)} views of {name}")
             return {"FINISHED"}
         finally:
@@ -493,6 +503,8 @@ class DA3_PT_reconstruct(bpy.types.Panel):
         row = layout.row(align=True)
         for key in ("create_cameras", "create_points", "create_depth_meshes"):
             row.prop(settings, key, toggle=True)
+        if settings.create_points:
+            layout.prop(settings, "max_points")
         if settings.create_depth_meshes:
             layout.prop(settings, "mesh_every")
         op = layout.operator(DA3_OT_reconstruct.bl_idname, text="Reconstruct", icon="PLAY")

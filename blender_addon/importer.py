@@ -126,8 +126,12 @@ def _point_material():
     return mat
 
 
-def _point_object(name: str, rec: Reconstruction, stride: int, collection, threshold: float):
-    cloud = rec.points(conf_threshold=None, stride=stride)
+def _point_object(name: str, rec: Reconstruction, stride: int, collection, threshold: float,
+                  max_points: int = 0):
+    if max_points and max_points > 0:  # a long shot: a uniform random subset, memory for it only
+        cloud, _ = rec.sample_points(int(max_points), conf_threshold=None, stride=stride)
+    else:
+        cloud = rec.points(conf_threshold=None, stride=stride)
     n = len(cloud)
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(n)
@@ -301,7 +305,7 @@ def set_threshold(obj, value: float) -> None:
 def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool = True, points: bool = True,
                 background: bool = True, stride: int = 1, conf_threshold=None, depth_meshes: bool = False,
                 mesh_stride: int = 2, gaussians: bool = True, animated: bool = True, sequences: bool = False,
-                mesh_every: int = 1, focal_tolerance: float = FOCAL_TOLERANCE):
+                mesh_every: int = 1, focal_tolerance: float = FOCAL_TOLERANCE, max_points: int = 0):
     """Create a collection ``name`` holding the cameras and the point cloud of ``rec``.
 
     A scene made from a video (``rec.frames``), with ``animated``, gets one camera keyed on every
@@ -309,7 +313,8 @@ def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool =
     frame rate and render size from the footage; so does an image sequence with ``sequences``
     as well (numbered photos look like one, so they stay separate cameras unless asked).  Other
     scenes (and older files) get one camera per view.  Depth meshes for every
-    ``mesh_every``-th view.
+    ``mesh_every``-th view.  ``max_points`` > 0: at most that many points (a uniform random
+    subset of the valid pixels; the confidence threshold stays live in the modifier).
 
     Returns the collection.  On any error everything created so far is removed again.
     """
@@ -344,7 +349,7 @@ def build_scene(rec: Reconstruction, name: str, *, context=None, cameras: bool =
                     context.scene.render.resolution_percentage = 100
         if points:
             thr = resolve_conf_threshold(conf_threshold, rec.conf) or 0.0
-            _point_object(f"{name} points", rec, stride, coll, thr)
+            _point_object(f"{name} points", rec, stride, coll, thr, max_points)
         if gaussians and rec.gaussians is not None:
             _gaussian_object(f"{name} gaussians", rec, coll)
         if depth_meshes:

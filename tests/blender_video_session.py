@@ -222,6 +222,13 @@ def main(zip_path: str, work: str) -> dict:
                                                  scene.render.resolution_x, scene.render.resolution_y),
     }
 
+    # --- a point budget: a uniform subset of exactly that many points
+    bpy.ops.import_scene.da3_npz(filepath=str(work / "shot.npz"), threshold_mode="NONE", cameras=False,
+                                 max_points=1000)
+    budget = next(o for o in bpy.data.collections["shot.001"].objects if o.type == "MESH")
+    out["budget_points"] = len(budget.data.vertices)
+    bpy.data.collections["shot.001"].name = "budget"
+
     # --- non-square pixels: the scene's pixel aspect
     bpy.ops.import_scene.da3_npz(filepath=str(work / "anamorphic.npz"), threshold_mode="NONE", points=False)
     an_cam = next(o for o in bpy.data.collections["anamorphic"].objects if o.type == "CAMERA")

@@ -278,6 +278,10 @@ def test_reconstruct_a_video_through_the_worker(session):
         assert text in panel["options"], (text, panel["options"])
 
 
+def test_a_point_budget_keeps_that_many_points(session):
+    assert session["budget_points"] == 1000
+
+
 def test_a_long_shot_imports_quickly_and_exactly(session):
     long = session["long"]
     print(f"2000-frame shot: one camera, {long['keys']} keys per channel, imported in {long['seconds']:.2f} s; "
