@@ -317,6 +317,18 @@ def main(zip_path: str, work: str) -> dict:
             "background": cams_made[0].data.background_images[0].source if cams_made and
             len(cams_made[0].data.background_images) else None,
         }
+    # an image sequence folder, every 2nd file, as footage
+    before_colls = set(bpy.data.collections.keys())
+    res = bpy.ops.da3.reconstruct(directory=str(work / "frames"), model="embedded", process_res=56, frame_stride=2,
+                                  image_sequence=True, create_points=False)
+    made = [bpy.data.collections[c] for c in set(bpy.data.collections.keys()) - before_colls]
+    cams_made = [o for c in made for o in c.objects if o.type == "CAMERA"]
+    worker["sequence"] = {
+        "result": sorted(res), "cameras": len(cams_made),
+        "key_frames": sorted({int(k.co[0]) for fc in _fcurves(cams_made[0].animation_data)
+                              for k in fc.keyframe_points}) if cams_made else [],
+        "clip_source": cams_made[0].data.background_images[0].clip.source if cams_made else None,
+    }
     # the panel's settings drive the same operator
     settings = scene.da3_reconstruct
     settings.source = str(work / "small.mp4")

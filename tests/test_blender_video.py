@@ -270,6 +270,9 @@ def test_reconstruct_a_video_through_the_worker(session):
     assert every["fps"] == 10 and every["resolution"] == [168, 126] and every["background"] == "MOVIE_CLIP"
     print(f"worker reconstruction of 10 frames: {every['seconds']:.1f} s (model load included)")
     assert runs["stride2"]["key_frames"] == [1, 3, 5, 7, 9]
+    seq = runs["sequence"]  # frame_0001.png, frame_0003.png, ... : scene frames 1, 3, ...
+    assert seq["result"] == ["FINISHED"] and seq["cameras"] == 1 and seq["clip_source"] == "SEQUENCE"
+    assert seq["key_frames"] == list(range(1, N_FRAMES + 1, 2))
     panel = runs["panel"]
     assert panel["result"] == ["FINISHED"] and panel["cameras"] == 1
     assert panel["key_frames"] == [1, 4, 7, 10]
