@@ -64,6 +64,31 @@ def clip_frames_shown(scene, clip, frames, references, work: Path) -> list:
     return shown
 
 
+class FakeLayout:
+    """Records what a panel's ``draw`` shows (no UI in background mode); a property that does
+    not exist fails like in Blender."""
+
+    def __init__(self, shown):
+        self.shown = shown
+
+    def prop(self, data, name, **kwargs):
+        if name not in data.bl_rna.properties:
+            raise AttributeError(f"{type(data).__name__} has no property {name!r}")
+        self.shown.append(name)
+
+    def operator(self, idname, **kwargs):
+        self.shown.append(idname)
+        return type("OperatorProperties", (), {})()
+
+    def label(self, **kwargs):
+        pass
+
+    def column(self, **kwargs):
+        return self
+
+    row = box = column
+
+
 def main(zip_path: str, work: str) -> dict:
     import bpy
 
@@ -329,6 +354,14 @@ def main(zip_path: str, work: str) -> dict:
                               for k in fc.keyframe_points}) if cams_made else [],
         "clip_source": cams_made[0].data.background_images[0].clip.source if cams_made else None,
     }
+    # the panel draws every setting
+    from types import SimpleNamespace
+
+    shown = []
+    scene.da3_reconstruct.create_depth_meshes = True
+    bpy.types.DA3_PT_reconstruct.draw(SimpleNamespace(layout=FakeLayout(shown)), bpy.context)
+    scene.da3_reconstruct.create_depth_meshes = False
+    out["panel_shows"] = shown
     # the panel's settings drive the same operator
     settings = scene.da3_reconstruct
     settings.source = str(work / "small.mp4")

@@ -301,5 +301,13 @@ def test_a_bad_video_is_one_line_and_changes_nothing(session):
     assert bad["objects_added"] == 0 and bad["clips_added"] == 0
 
 
+def test_the_reconstruct_panel_shows_what_artists_use(session):
+    shown = set(session["panel_shows"])
+    wanted = {"source", "model", "process_res", "ref_view", "ray_pose", "threshold", "frame_stride", "fps",
+              "max_views", "chunk_overlap", "loop_closure", "scale", "animated", "image_sequence", "max_points",
+              "mesh_every", "da3.reconstruct"}
+    assert wanted <= shown, wanted - shown
+
+
 def test_uninstall_removes_the_new_classes(session):
     assert not session["after_uninstall_settings"] and not session["after_uninstall_rescale"]
