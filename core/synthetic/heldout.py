@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -46,6 +46,9 @@ class HeldoutScene:
     intrinsics: np.ndarray
     family: str
     seed: int
+    cast: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
+    """The family's own ray caster: (origin (3,), directions (M, 3)) -> ray parameter (M,) of
+    the first hit (inf: none), for checks of the ground truth."""
 
     @property
     def num_views(self) -> int:

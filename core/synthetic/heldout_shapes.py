@@ -268,7 +268,7 @@ def make_shapes_scene(seed: int, num_views: int = 4, height: int = 126, width: i
         images[i] = to_uint8((albedo * light).reshape(height, width, 3))
         depth[i] = t.reshape(height, width)
     return HeldoutScene(images=images, depth=depth, extrinsics=ext, intrinsics=np.tile(k, (num_views, 1, 1)),
-                        family="shapes", seed=int(seed))
+                        family="shapes", seed=int(seed), cast=lambda o, d: _trace(hall, o, d))
 
 
 __all__ = ["TEXTURES", "make_shapes_scene"]

@@ -177,7 +177,7 @@ def make_terrain_scene(seed: int, num_views: int = 4, height: int = 126, width: 
         images[i] = to_uint8(rgb.reshape(height, width, 3))
         depth[i] = np.where(hit, t, 0).reshape(height, width)
     return HeldoutScene(images=images, depth=depth, extrinsics=ext, intrinsics=np.tile(k, (num_views, 1, 1)),
-                        family="terrain", seed=int(seed))
+                        family="terrain", seed=int(seed), cast=lambda o, d: _march(ter, o, d))
 
 
 __all__ = ["RADIUS", "make_terrain_scene"]
