@@ -27,6 +27,18 @@ FOCAL_TOLERANCE = 0.01
 from the median by more than this fraction (``conventions.focal_varies``); else one lens."""
 
 
+def camera_data(name: str, settings: dict):
+    """A new camera data-block with the lens, sensor and shift of
+    ``conventions.blender_camera_from_intrinsics``' settings."""
+    data = bpy.data.cameras.new(name)
+    data.sensor_fit = settings["sensor_fit"]
+    data.sensor_width = settings["sensor_width"]
+    data.sensor_height = settings["sensor_height"]
+    data.lens = settings["lens"]
+    data.shift_x, data.shift_y = settings["shift_x"], settings["shift_y"]
+    return data
+
+
 def _keys(id_data, action, path: str, index: int, frames: np.ndarray, values: np.ndarray) -> None:
     """Keyframes ``(frame, value)`` on ``path[index]`` of ``id_data``, linear between keys."""
     if hasattr(action, "fcurve_ensure_for_datablock"):  # Blender 4.4+ (layered actions)
@@ -77,12 +89,7 @@ def footage_camera(name: str, rec: Reconstruction, collection, context, backgrou
     frames = conv.blender_frame_numbers(src.indices, src.kind)
     animate_lens = conv.focal_varies(k[:, 0, 0], tolerance)
     still = conv.blender_camera_from_intrinsics(np.median(k, axis=0), w, h)
-    data = bpy.data.cameras.new(name)
-    data.sensor_fit = still["sensor_fit"]
-    data.sensor_width = still["sensor_width"]
-    data.sensor_height = still["sensor_height"]
-    data.lens = still["lens"]
-    data.shift_x, data.shift_y = still["shift_x"], still["shift_y"]
+    data = camera_data(name, still)
     obj = bpy.data.objects.new(name, data)
     obj.rotation_mode = "XYZ"
     mats = conv.opencv_w2c_to_blender_matrix_world(rec.extrinsics)

@@ -14,7 +14,7 @@ import bpy
 from mathutils import Matrix
 
 from ._vendor import conventions as conv
-from .footage import FOCAL_TOLERANCE, footage_camera
+from .footage import FOCAL_TOLERANCE, camera_data, footage_camera
 from ._vendor.points import depth_to_points, resolve_conf_threshold
 from ._vendor.reconstruction import Reconstruction
 from ._vendor.seeds import sh_dc_to_rgb
@@ -42,12 +42,7 @@ def _image(name: str, pixels: np.ndarray):
 
 def _camera(name: str, rec: Reconstruction, i: int, collection, background: bool):
     settings = conv.blender_camera_from_intrinsics(rec.intrinsics[i], rec.width, rec.height)
-    data = bpy.data.cameras.new(name)
-    data.sensor_fit = settings["sensor_fit"]
-    data.sensor_width = settings["sensor_width"]
-    data.sensor_height = settings["sensor_height"]
-    data.lens = settings["lens"]
-    data.shift_x, data.shift_y = settings["shift_x"], settings["shift_y"]
+    data = camera_data(name, settings)
     obj = bpy.data.objects.new(name, data)
     obj.matrix_world = Matrix(conv.opencv_w2c_to_blender_matrix_world(rec.extrinsics[i]).tolist())
     for key in ("resolution_x", "resolution_y", "pixel_aspect_x", "pixel_aspect_y"):

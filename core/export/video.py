@@ -100,8 +100,6 @@ def write_gaussian_video(path: PathLike, rec: Reconstruction, *, frames: int = 4
         raise ValueError("gaussians: the reconstruction has no Gaussians (run with infer_gs=True on a model with a Gaussian head)")
     if frames < 1 or fps < 1 or not scale > 0:
         raise ValueError(f"frames, fps and scale must be positive (got {frames}, {fps}, {scale})")
-    import cv2
-
     w = max(2, int(round(rec.width * scale / 2)) * 2)
     h = max(2, int(round(rec.height * scale / 2)) * 2)
     k = conv.rescale_intrinsics(rec.intrinsics[0], (rec.height, rec.width), (h, w))
@@ -110,23 +108,12 @@ def write_gaussian_video(path: PathLike, rec: Reconstruction, *, frames: int = 4
     if isinstance(gs.means, np.memmap):  # every frame reads them all: once into memory (and writable for torch)
         gs = dataclasses.replace(gs, **{f.name: np.array(getattr(gs, f.name)) for f in dataclasses.fields(gs)
                                         if getattr(gs, f.name) is not None})
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        mp4 = tmp.with_suffix(".mp4")  # OpenCV picks the container from the name
-        writer = cv2.VideoWriter(str(mp4), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-        try:
-            if not writer.isOpened():
-                raise RuntimeError(f"{path}: OpenCV cannot write mp4 videos here")
-            for f, pose in enumerate(poses):
-                out = render_gaussian_set(gs, pose, k, w, h, background=background, device=device)
-                frame = (out.rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-                writer.write(np.ascontiguousarray(frame[..., ::-1]))
-                if progress is not None:
-                    progress(f + 1, frames)
-        except BaseException:
-            writer.release()
-            mp4.unlink(missing_ok=True)
-            raise
-        writer.release()
-        os.replace(mp4, tmp)
-    return path
+
+    def rendered():
+        for f, pose in enumerate(poses):
+            out = render_gaussian_set(gs, pose, k, w, h, background=background, device=device)
+            yield (out.rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            if progress is not None:
+                progress(f + 1, frames)
+
+    return write_video(path, rendered(), fps=fps)
