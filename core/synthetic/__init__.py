@@ -58,3 +58,11 @@ __all__ = [
     "loop_trajectory", "open_trajectory", "make_long_scene", "make_shot", "covisibility", "ate",
     "GroundTruthPredictor", "image_features",
 ]
+
+# issue 19: domain-randomised training scenes (.randomized) and the evaluation-only families
+# (.heldout: terrain, shapes), which share no code with the generators above
+from .randomized import make_randomized_scene, random_scene_spec, render_spec_views  # noqa: E402
+from .heldout import HeldoutScene, heldout_family, make_heldout_scene  # noqa: E402
+
+__all__ += ["make_randomized_scene", "random_scene_spec", "render_spec_views", "HeldoutScene", "heldout_family",
+            "make_heldout_scene"]

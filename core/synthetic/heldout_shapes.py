@@ -22,7 +22,7 @@ from typing import Callable, List, Tuple
 
 import numpy as np
 
-from .heldout import HeldoutScene, camera_towards, hash3, pinhole, to_uint8, world_rays
+from .heldout_base import HeldoutScene, camera_towards, hash3, pinhole, to_uint8, world_rays
 
 TEXTURES = ("dots", "bricks", "wood", "marble", "voronoi")
 _TRACE_ITERS = 300

@@ -18,7 +18,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .heldout import HeldoutScene, camera_towards, hash3, pinhole, to_uint8, world_rays
+from .heldout_base import HeldoutScene, camera_towards, hash3, pinhole, to_uint8, world_rays
 
 RADIUS = 90.0
 _MARCH_ITERS = 400
