@@ -3,6 +3,7 @@ embedded model, every output read back by an independent reader."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -21,6 +22,8 @@ def test_demo_writes_every_output(tmp_path, capsys):
     text = capsys.readouterr().out
     print(f"da3p demo took {seconds:.1f} s")
     assert str(out) in text and "preview.png" in text and "open with" in text
+    # issue 19: the fused points measured against the true surface of the regenerated scene
+    assert re.search(r"fused points against the true surface: median distance \d+\.\d% of the scene's extent", text)
     rec = Reconstruction.load(out / "scene.npz")
     assert len(rec) == 6 and rec.model == "embedded"
 
