@@ -64,3 +64,26 @@ def raises_naming(what, fn, *args, **kwargs) -> str:
     assert str(what) in msg, msg
     assert "\n" not in msg
     return msg
+
+
+def failing_open(writes: int, error: BaseException):
+    """A stand-in for ``open`` whose files accept ``writes`` calls of ``write``, then raise
+    ``error`` (a disk that fills up, a write interrupted half-way)."""
+
+    class FailingFile:
+        def __init__(self, *args):
+            self.fh, self.writes = open(*args), 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes > writes:
+                raise error
+            return self.fh.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    return FailingFile

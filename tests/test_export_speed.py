@@ -23,6 +23,7 @@ from da3_plugins.core.export import ply as ply_mod
 from da3_plugins.core.export import write_depth_images, write_glb, write_nerfstudio, write_point_ply
 from da3_plugins.core.points import depth_to_points, finite_percentiles, sample_indices
 from da3_plugins.core.reconstruction import PointCloud, Reconstruction
+from helpers import failing_open
 
 FIELDS = ("positions", "colors", "confidence", "view")
 
@@ -300,22 +301,7 @@ def test_map_views_keeps_order_and_stops_at_the_first_error():
 
 
 def test_a_failed_write_in_the_ply_writer_thread_leaves_nothing(scene, tmp_path, monkeypatch):
-    class FailingFile:  # the header and two tables, then the disk is full
-        def __init__(self, *args):
-            self.fh, self.writes = open(*args), 0
-
-        def write(self, data):
-            self.writes += 1
-            if self.writes > 3:
-                raise OSError("no space left")
-            return self.fh.write(data)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
+    FailingFile = failing_open(3, OSError("no space left"))  # the header and two tables, then the disk is full
     monkeypatch.setattr(ply_mod, "ROWS_AT_A_TIME", 50)
     monkeypatch.setattr(ply_mod, "open", FailingFile, raising=False)
     with pytest.raises(OSError, match="no space"):

@@ -16,6 +16,7 @@ from da3_plugins.core import conventions as conv
 from da3_plugins.core.export import (read_gaussian_ply, write_colmap, write_depth_images, write_gaussian_ply,
                                      write_glb, write_nerfstudio, write_point_ply)
 from da3_plugins.core.reconstruction import PointCloud
+from helpers import failing_open
 
 from export_scene import (H, W, _assert_unchanged, _per_pixel_gaussians, _ply_header,  # noqa: F401  (rec: a fixture)
                           _random_gaussians, _snapshot, rec)
@@ -360,22 +361,7 @@ def test_interrupted_exports_leave_nothing(rec, tmp_path, monkeypatch):
         with pytest.raises(RuntimeError):
             write_gaussian_ply(tmp_path / "g.ply", rec)
 
-    class FailingFile:  # writes the first chunk, fails on the second
-        def __init__(self, *args):
-            self.fh, self.writes = open(*args), 0
-
-        def write(self, data):
-            self.writes += 1
-            if self.writes > 1:
-                raise RuntimeError("interrupted")
-            return self.fh.write(data)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
+    FailingFile = failing_open(1, RuntimeError("interrupted"))  # writes the first chunk, fails on the second
     with monkeypatch.context() as m:
         m.setattr(gltf_mod, "open", FailingFile, raising=False)
         with pytest.raises(RuntimeError):
