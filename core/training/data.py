@@ -76,16 +76,7 @@ class SyntheticData:
         each, the first view the reference; draws from ``rng`` and renders nothing."""
         c = self.config
         n = int(rng.integers(c.min_views, c.max_views + 1))
-        out = []
-        for _ in range(count):
-            index = int(rng.integers(len(self)))
-            if c.max_view_gap > 0:
-                views = _view_run(rng, c.views_per_scene, n, c.max_view_gap)
-            else:
-                views = np.sort(rng.choice(c.views_per_scene, n, replace=False))
-            rng.shuffle(views)  # any view can be the first (reference) one
-            out.append((index, views))
-        return out
+        return _samples(rng, c, len(self), n, count)
 
     def batch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world_size: int = 1) -> Batch:
         """Process ``rank``'s ``batch_size`` samples of a global batch of ``batch_size * world_size``
@@ -162,16 +153,7 @@ class RandomizedData:
             patches = (h // PATCH_SIZE) * (w // PATCH_SIZE)
             n = max(c.min_views, min(n, c.max_tokens // patches))
             per = int(np.clip(c.max_tokens // (n * patches), 1, batch_size))
-        out = []
-        for _ in range(per * world_size):
-            index = int(rng.integers(len(self)))
-            if c.max_view_gap > 0:
-                views = _view_run(rng, c.views_per_scene, n, c.max_view_gap)
-            else:
-                views = np.sort(rng.choice(c.views_per_scene, n, replace=False))
-            rng.shuffle(views)
-            out.append((index, views))
-        return (h, w), per, out
+        return (h, w), per, _samples(rng, c, len(self), n, per * world_size)
 
     def batch(self, rng: np.random.Generator, batch_size: int, rank: int = 0, world_size: int = 1) -> Batch:
         """Process ``rank``'s samples of one global plan (see the module docs and :meth:`plan`)."""
@@ -179,6 +161,22 @@ class RandomizedData:
         (h, w), per, plan = self.plan(rng, batch_size, world_size)
         parts = [self.views(index, views, h, w) for index, views in plan[rank * per:(rank + 1) * per]]
         return Batch(*(np.stack(x) for x in zip(*parts)))
+
+
+def _samples(rng: np.random.Generator, c: SyntheticDataConfig, pool: int, n: int,
+             count: int) -> List[Tuple[int, np.ndarray]]:
+    """``count`` samples of ``n`` views each: (pool scene, its view indices), a run of views
+    with ``max_view_gap`` or any ``n``, shuffled so that any view can be the first (reference)."""
+    out = []
+    for _ in range(count):
+        index = int(rng.integers(pool))
+        if c.max_view_gap > 0:
+            views = _view_run(rng, c.views_per_scene, n, c.max_view_gap)
+        else:
+            views = np.sort(rng.choice(c.views_per_scene, n, replace=False))
+        rng.shuffle(views)
+        out.append((index, views))
+    return out
 
 
 def _shard(batch_size: int, rank: int, world_size: int) -> Tuple[int, int]:
