@@ -156,7 +156,7 @@ def auto_conf_threshold(conf: Optional[np.ndarray], percentile: float = AUTO_CON
     return float(min(max(1.05, lo), hi))
 
 
-PERCENTILE_BLOCK = 1 << 18
+PERCENTILE_BLOCK = 1 << 20
 """Values read at a time by :func:`finite_percentiles` (its temporaries: about 30 bytes each)."""
 
 
