@@ -265,3 +265,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     code = main([a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--progress", "none"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err
+
+
+def test_readme_compares_the_randomised_run_with_its_record():
+    """The README's 'What that run gave' table: the randomised numbers are the recorded run's
+    (docs/training-runs), and the depth claims made about it hold there."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "docs" / "training-runs" / "2026-12-02-randomized-1500-2500.json").read_text())
+    readme = (root / "README.md").read_text()
+    rows = {(f["family"], f["size"]): f["rows"] for f in record["families"]}
+    assert len(rows) == 8
+    for (family, size), r in rows.items():
+        s = r["da3-tiny (embedded)"]
+        line = next(x for x in readme.splitlines() if x.startswith(f"| {family} | {size} | ") and "→" in x)
+        cells = [c.strip().split(" → ")[1] for c in line.strip("|").split("|")[2:]]
+        assert cells == [f"{s['abs_rel']:.3f}", f"{100 * s['auc30']:.1f}", f"{s['chamfer']:.3f}"], line
+        for baseline in ("da3-tiny, untrained (random weights)", "identity poses + constant depth"):
+            assert s["abs_rel"] < r[baseline]["abs_rel"] and s["delta1"] > r[baseline]["delta1"]
